@@ -1,0 +1,212 @@
+"""Benchmark runner: times each backend of an op family and its baselines side by side, in one run.
+
+    python -m benchmarks.run --family int8 [--device cpu|cuda] [--quick]
+
+writes benchmarks/results/<device>/<family>.json: device, versions, commit, command, the measured
+peak, then one row per (case, shape) with the median time of every candidate, its GOP/s, and the ratio
+of each baseline's time to it (> 1 means faster than that baseline).
+
+Timing: on CPU, wall-clock medians after warm-up; on CUDA, triton.testing.do_bench (CUDA events,
+L2 flushed between runs) medians. Absolute times hold only for the device they were taken on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import pycompress
+from pycompress.ops.int8 import quantize_per_token_reference
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+MINILM = [(384, 384), (1536, 384), (384, 1536)]  # (N, K) of the MiniLM linear layers
+LLAMA = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (N, K) of the LLaMA-7B linear layers
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = platform.processor() or ""
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1]
+                    break
+        except OSError:
+            pass
+        name = "cpu-" + name
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug.replace("nvidia-", "cuda-")
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def time_fn(fn, device: str, min_time: float = 0.2, max_reps: int = 50) -> float:
+    """Median seconds of one call of ``fn``."""
+    if device == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _backend_fn(backend: str, fn):
+    def run():
+        with pycompress.use_backend(backend):
+            return fn()
+
+    return run
+
+
+def int8_cases(device: str, quick: bool):
+    """(case, M, N, K, candidates, baselines): candidates and baselines map a name to a callable."""
+    if device == "cuda":
+        token_counts = [16, 1024, 4096] if quick else [1, 16, 128, 1024, 4096, 8192]
+        shapes = [(M, N, K) for M in token_counts for N, K in MINILM + LLAMA] + [(8192, 8192, 8192)]
+        backends = ["cuda", "triton"]
+        float_dtype = torch.bfloat16
+    else:
+        shapes = [(4096, 1536, 384), (64, 4096, 4096)]
+        if not quick:
+            shapes += [(M, N, K) for M in (1, 32, 512, 4096) for N, K in MINILM]
+            shapes += [(M, N, K) for M in (1, 16) for N, K in LLAMA]
+        backends = ["cpu"]
+        float_dtype = torch.float32
+    seen = set()
+    for M, N, K in shapes:
+        if (M, N, K) in seen:
+            continue
+        seen.add((M, N, K))
+        g = torch.Generator().manual_seed(M * 31 + N * 7 + K)
+        x = torch.randn(M, K, generator=g).to(device=device, dtype=float_dtype)
+        linear = nn.Linear(K, N, bias=True).to(device=device, dtype=torch.float32)
+        w = linear.weight.detach().to(float_dtype)
+        bias = linear.bias.detach()
+        qx, sx = quantize_per_token_reference(x)
+        qw, sw = quantize_per_token_reference(w)
+        qw_kn = qw.T.contiguous()
+
+        # int8_mm: pre-quantized operands, dequantization and bias fused.
+        candidates = {
+            f"int8_mm[{b}]": _backend_fn(b, lambda b=b: pycompress.ops.int8_mm(qx, qw, sx, sw, bias, float_dtype))
+            for b in backends
+        }
+        baselines = {f"torch.matmul[{str(float_dtype).replace('torch.', '')}]": lambda: torch.nn.functional.linear(x, w)}
+        int_mm_ok = device == "cpu" or (M > 16 and K % 8 == 0 and N % 8 == 0)
+        if int_mm_ok and (device == "cuda" or M * N * K <= 64 * 4096 * 4096):
+            baselines["torch._int_mm+rescale"] = (
+                lambda: (torch._int_mm(qx, qw_kn).float() * sx[:, None] * sw[None, :] + bias).to(float_dtype)
+            )
+        yield "int8_mm", M, N, K, candidates, baselines
+
+        # W8A8 linear: per-token activation quantization + int8_mm, against the float layer and,
+        # on CPU, torch.ao dynamic quantization (fbgemm) of the same layer.
+        int8_linear = pycompress.Int8Linear.from_linear(linear)
+        candidates = {
+            f"Int8Linear[{b}]": _backend_fn(b, lambda m=int8_linear: m(x)) for b in backends
+        }
+        layer = copy.deepcopy(linear).to(float_dtype)
+        baselines = {f"nn.Linear[{str(float_dtype).replace('torch.', '')}]": lambda: layer(x)}
+        if device == "cpu":
+            dynamic = torch.ao.quantization.quantize_dynamic(nn.Sequential(copy.deepcopy(linear)), {nn.Linear},
+                                                             dtype=torch.qint8)
+            baselines["torch.ao quantize_dynamic"] = lambda: dynamic(x)
+        yield "w8a8_linear", M, N, K, candidates, baselines
+
+
+def measured_peak(device: str) -> dict:
+    """The float matmul throughput this device reaches on a large square GEMM (its working peak)."""
+    n = 8192 if device == "cuda" else 2048
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_fn(lambda: a @ b, device)
+    return {"what": f"torch.matmul {str(dtype).replace('torch.', '')} {n}^3", "gflops": 2 * n**3 / seconds / 1e9}
+
+
+@torch.inference_mode()
+def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
+    if family != "int8":
+        raise SystemExit(f"benchmarks.run: --family must be one of: int8 (got {family!r})")
+    peak = measured_peak(device)
+    rows = []
+    for case, M, N, K, candidates, baselines in int8_cases(device, quick):
+        ops = 2 * M * N * K
+        times = {name: time_fn(fn, device) for name, fn in {**candidates, **baselines}.items()}
+        for name in candidates:
+            t = times[name]
+            rows.append({
+                "case": case,
+                "shape": {"M": M, "N": N, "K": K},
+                "candidate": name,
+                "median_ms": t * 1e3,
+                "gops": ops / t / 1e9,
+                "share_of_float_peak": ops / t / 1e9 / peak["gflops"],
+                "baselines_ms": {b: times[b] * 1e3 for b in baselines},
+                "speedup_vs": {b: times[b] / t for b in baselines},
+            })
+            ratios = "  ".join(f"{rows[-1]['speedup_vs'][b]:.2f}x vs {b}" for b in baselines)
+            print(f"{case:<12} M={M:<5} N={N:<6} K={K:<6} {name:<22} {t * 1e3:9.3f} ms  {ratios}", flush=True)
+    result = {
+        "family": family,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "pycompress": pycompress.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "commit": _commit(),
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
+        "measured_peak": peak,
+        "rows": rows,
+    }
+    if device == "cuda":
+        import triton
+
+        result["triton"] = triton.__version__
+        result["cuda"] = torch.version.cuda
+    target = out_dir / device_name(device) / f"{family}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1))
+    print(f"wrote {target}")
+    return target
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="int8")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="the target shapes only")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    run_family(args.family, args.device, args.quick, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Triton kernels of pycompress, one module per op family."""

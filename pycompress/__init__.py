@@ -1,0 +1,29 @@
+"""pycompress: model compression for PyTorch that ends in real speed.
+
+    import pycompress
+    model = pycompress.compress_(model, pycompress.Int8Config())
+    pycompress.save(model, "model-int8")
+"""
+
+__version__ = "0.1.0"
+
+from pycompress import ops  # noqa: E402  (registers the ops and their backends)
+from pycompress.api import compress_, load, register_handler, report, save  # noqa: E402
+from pycompress.nn import Int8Linear  # noqa: E402
+from pycompress.quant import Int8Config  # noqa: E402
+from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E402
+from pycompress.info import info  # noqa: E402
+
+__all__ = [
+    "BackendUnavailableError",
+    "Int8Config",
+    "Int8Linear",
+    "compress_",
+    "info",
+    "load",
+    "ops",
+    "register_handler",
+    "report",
+    "save",
+    "use_backend",
+]

@@ -1,0 +1,161 @@
+"""The torch-level API: ``compress_`` swaps layers for compressed ones, ``save``/``load`` persist them.
+
+Each config type has one handler, registered with ``register_handler``: it is called for every
+submodule and returns the replacement module, a string saying why this module is left as it is, or
+None when the config does not apply to that kind of module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import warnings
+import weakref
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+log = logging.getLogger("pycompress")
+
+_HANDLERS: dict[type, Callable] = {}
+_REPORTS: "weakref.WeakKeyDictionary[nn.Module, CompressReport]" = weakref.WeakKeyDictionary()
+MANIFEST = "pycompress.json"
+WEIGHTS = "model.safetensors"
+MANIFEST_VERSION = 1
+
+
+def register_handler(config_type: type):
+    """Register the handler ``fn(module, config) -> nn.Module | str | None`` of ``config_type``."""
+
+    def wrap(fn):
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return wrap
+
+
+@dataclasses.dataclass
+class CompressReport:
+    """What ``compress_`` did: the layers replaced (name -> format) and those left dense (name -> why)."""
+
+    config: object
+    replaced: dict = dataclasses.field(default_factory=dict)
+    skipped: dict = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"{type(self.config).__name__}: {len(self.replaced)} layers replaced, {len(self.skipped)} left dense"]
+        lines += [f"  left dense: {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def compress_(
+    model: nn.Module,
+    config,
+    *,
+    filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+    calibration: Optional[Iterable] = None,
+) -> nn.Module:
+    """Replace, in place, every submodule of ``model`` that ``config`` applies to; return the model.
+
+    ``filter_fn(module, name)`` limits the swap to the modules it returns True for. ``calibration`` is
+    an iterable of model inputs (tensors, or dicts of tensors as a Hugging Face model takes them) for
+    the configs that need data; dynamic configs such as Int8Config do not use it. Layers the kernels
+    cannot take are left dense and reported (a warning, and ``pycompress.report(model)``). When the
+    model itself is replaced (a bare nn.Linear), the returned module is the replacement.
+    """
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+        raise TypeError(f"compress_: config must be one of {known} (got {type(config).__name__})")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compress_: model must be an nn.Module (got {type(model).__name__})")
+    report = CompressReport(config=config)
+    result = model
+    for name, module in list(model.named_modules()):
+        if filter_fn is not None and not filter_fn(module, name):
+            continue
+        outcome = handler(module, config)
+        if outcome is None:
+            continue
+        label = name or "<model>"
+        if isinstance(outcome, str):
+            report.skipped[label] = outcome
+            continue
+        if name:
+            _set_submodule(model, name, outcome)
+        else:
+            result = outcome
+        report.replaced[label] = getattr(outcome, "format_name", type(outcome).__name__)
+    _REPORTS[result] = report
+    log.info("%s", report)
+    if report.skipped:
+        warnings.warn(f"pycompress.compress_: {report}", stacklevel=2)
+    return result
+
+
+def report(model: nn.Module) -> Optional[CompressReport]:
+    """The report of the last ``compress_`` on ``model``, or None."""
+    return _REPORTS.get(model)
+
+
+def _compressed_modules(model: nn.Module):
+    from pycompress.nn import FORMATS
+
+    format_types = tuple(FORMATS.values())
+    for name, module in model.named_modules():
+        if isinstance(module, format_types):
+            yield name, module
+
+
+def save(model: nn.Module, path: Union[str, Path]) -> Path:
+    """Write ``model`` to the directory ``path``: ``model.safetensors`` (every tensor of the state
+    dict, shared tensors once) and ``pycompress.json`` (which layer has which packed format)."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    layers = {name: module.manifest_entry() for name, module in _compressed_modules(model)}
+    manifest = {"manifest_version": MANIFEST_VERSION, "layers": layers}
+    save_model(model, str(path / WEIGHTS))
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return path
+
+
+def load(path: Union[str, Path], model: nn.Module, *, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """Load a model written by ``save`` into ``model``, an instance of the original (uncompressed)
+    architecture: the layers named in the manifest are swapped for their packed modules, then every
+    tensor is loaded (strictly). Returns the model."""
+    from safetensors.torch import load_model
+
+    from pycompress.nn import FORMATS
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"load: path must be a directory written by pycompress.save ({manifest_path} is missing)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise ValueError(
+            f"load: {manifest_path} has manifest_version {manifest.get('manifest_version')!r}, "
+            f"this pycompress reads {MANIFEST_VERSION}"
+        )
+    for name, entry in manifest["layers"].items():
+        module_type = FORMATS.get(entry.get("format"))
+        if module_type is None:
+            raise ValueError(f"load: layer {name!r} has unknown format {entry.get('format')!r} (known: {', '.join(FORMATS)})")
+        try:
+            model.get_submodule(name)
+        except AttributeError as exc:
+            raise ValueError(f"load: model has no submodule {name!r} named in {manifest_path}") from exc
+        _set_submodule(model, name, module_type.from_manifest_entry(entry, device=device))
+    load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
+    return model

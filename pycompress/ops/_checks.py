@@ -1,0 +1,53 @@
+"""Input validation at the op boundary: one helper, messages that name the argument."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def describe(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"{_dtype_name(t.dtype)} {list(t.shape)} on {t.device}"
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t,
+    *,
+    dtypes: Sequence[torch.dtype],
+    shape: Sequence[Optional[int]],
+    shape_doc: str,
+    device: Optional[torch.device] = None,
+) -> None:
+    """Raise a ValueError naming ``op`` and ``name`` unless ``t`` matches.
+
+    ``shape`` holds the expected sizes, None where any size is allowed; ``shape_doc`` is how the
+    message shows it, e.g. ``"[N, K] with K == a.shape[1]"``.
+    """
+    want = " or ".join(_dtype_name(d) for d in dtypes)
+    expected = f"{op}: {name} must be {want} of shape {shape_doc}"
+    if device is not None:
+        expected += f" on {device}"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{expected} (got {describe(t)})")
+    ok = t.dtype in dtypes and t.dim() == len(shape)
+    ok = ok and all(s is None or s == actual for s, actual in zip(shape, t.shape))
+    ok = ok and (device is None or t.device == device)
+    if not ok:
+        raise ValueError(f"{expected} (got {describe(t)})")
+
+
+def check_dtype_arg(op: str, name: str, value, allowed: Sequence[torch.dtype]) -> None:
+    if value not in allowed:
+        want = ", ".join(_dtype_name(d) for d in allowed)
+        raise ValueError(f"{op}: {name} must be one of {want} (got {value})")

@@ -1,0 +1,5 @@
+"""Quantization methods and their configs."""
+
+from pycompress.quant.configs import Int8Config
+
+__all__ = ["Int8Config"]
