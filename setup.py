@@ -23,7 +23,7 @@ def _sources(pattern):
 def _extension():
     sources = ["csrc/ops.cpp", "csrc/bindings.cpp"] + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx_flags = ["-O3", "-fopenmp"]
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     define_macros = [("PYCOMPRESS_WITH_CUDA", "1" if with_cuda else "0")]
     if not with_cuda:

@@ -140,6 +140,34 @@ def int8_cases(device: str, quick: bool):
         yield "w8a8_linear", M, N, K, candidates, baselines
 
 
+def minilm_case(device: str):
+    """MiniLM end to end (batch 32, sequence 128): Int8Config against the float model and, on CPU,
+    torch.ao dynamic quantization of the same model; with the embedding fidelity of each."""
+    try:
+        from pycompress.data import sentences
+        from pycompress.models import embed, load_minilm, mean_cosine, synthetic_batch
+        model, tokenizer = load_minilm()
+    except ImportError as exc:
+        print(f"minilm_e2e skipped: {exc}")
+        return None
+    model = model.to(device)
+    float_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = model.to(float_dtype)
+    int8_model = pycompress.compress_(copy.deepcopy(model), pycompress.Int8Config())
+    batch = {k: v.to(device) for k, v in synthetic_batch(tokenizer, 32, 128).items()}
+    candidates = {"Int8Config": lambda: int8_model(**batch)}
+    baselines = {f"float model [{str(float_dtype).replace('torch.', '')}]": lambda: model(**batch)}
+    models = {"Int8Config": int8_model}
+    if device == "cpu":
+        dynamic = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+        baselines["torch.ao quantize_dynamic"] = lambda: dynamic(**batch)
+        models["torch.ao quantize_dynamic"] = dynamic
+    texts = sentences("heldout")
+    ref = embed(model, tokenizer, texts, device=device)
+    fidelity = {name: mean_cosine(ref, embed(m, tokenizer, texts, device=device)) for name, m in models.items()}
+    return candidates, baselines, fidelity
+
+
 def measured_peak(device: str) -> dict:
     """The float matmul throughput this device reaches on a large square GEMM (its working peak)."""
     n = 8192 if device == "cuda" else 2048
@@ -173,6 +201,22 @@ def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
             })
             ratios = "  ".join(f"{rows[-1]['speedup_vs'][b]:.2f}x vs {b}" for b in baselines)
             print(f"{case:<12} M={M:<5} N={N:<6} K={K:<6} {name:<22} {t * 1e3:9.3f} ms  {ratios}", flush=True)
+    e2e = minilm_case(device) if family == "int8" else None
+    if e2e is not None:
+        candidates, baselines, fidelity = e2e
+        times = {name: time_fn(fn, device) for name, fn in {**candidates, **baselines}.items()}
+        for name in candidates:
+            rows.append({
+                "case": "minilm_e2e",
+                "shape": {"batch": 32, "seq": 128},
+                "candidate": name,
+                "median_ms": times[name] * 1e3,
+                "baselines_ms": {b: times[b] * 1e3 for b in baselines},
+                "speedup_vs": {b: times[b] / times[name] for b in baselines},
+                "heldout_mean_cosine": fidelity,
+            })
+            ratios = "  ".join(f"{rows[-1]['speedup_vs'][b]:.2f}x vs {b}" for b in baselines)
+            print(f"minilm_e2e batch 32 seq 128 {name:<22} {times[name] * 1e3:9.3f} ms  {ratios}  cosine {fidelity}")
     result = {
         "family": family,
         "device": device_name(device),

@@ -36,16 +36,16 @@ def load_minilm():
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, tokenizer, sentences, batch_size: int = 64) -> torch.Tensor:
+def embed(model: nn.Module, tokenizer, sentences, batch_size: int = 64, device="cpu") -> torch.Tensor:
     """L2-normalised mean-pooled sentence embeddings [len(sentences), hidden] (the model's pooling)."""
     out = []
     for start in range(0, len(sentences), batch_size):
         batch = tokenizer(list(sentences[start:start + batch_size]), padding=True, truncation=True,
-                          max_length=128, return_tensors="pt")
+                          max_length=128, return_tensors="pt").to(device)
         hidden = model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
     return torch.cat(out)
 
 

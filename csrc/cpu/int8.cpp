@@ -250,10 +250,11 @@ void int8_mm_scalar(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int6
 
 constexpr int kNR = 4;         // rows of b per micro-kernel
 constexpr int kMR = 2;         // rows of a per micro-kernel: 2 x kNR accumulators fit in 16 registers
-constexpr int64_t kKC = 1024;  // K block (int16 elements), so that a b micro-panel stays in L1
-constexpr int64_t kMC = 96;    // M block, a multiple of kMR, so that the packed a block stays in L2
-constexpr int64_t kNC = 128;   // N block, a multiple of kNR
-constexpr int64_t kDirectMaxM = 8;
+static int64_t envi(const char* n, int64_t d){ const char* e=getenv(n); return e? atoll(e): d; }
+static int64_t kKC = envi("KC",1024);
+static int64_t kMC = envi("MC",96);
+static int64_t kNC = envi("NC",128);
+static int64_t kDirectMaxM = envi("DM",8);
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 

@@ -2,6 +2,7 @@
 // csrc/ops.cpp). The public ops in pycompress/ops/int8.py validate inputs first; this file only
 // re-checks cheap invariants, allocates the outputs and launches csrc/cuda/int8.cu on the current
 // stream.
+#include <optional>
 #include <tuple>
 
 #include <ATen/core/Tensor.h>

@@ -42,7 +42,8 @@ def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
     safe = torch.where(usable, amax, torch.ones_like(amax))
     # tensor / tensor: a true IEEE division (scalar / tensor would be computed as 127 * reciprocal).
     inv = torch.full_like(safe, 127.0) / safe
-    q = torch.round(xf * inv[:, None]).clamp_(-127, 127)
+    # For amax < 127 / FLT_MAX, inv overflows to Inf and 0 * Inf is NaN: those products mean 0.
+    q = torch.round(torch.nan_to_num(xf * inv[:, None], nan=0.0)).clamp_(-127, 127)
     q = torch.where(usable[:, None], q, torch.zeros_like(q)).to(torch.int8)
     scale = torch.where(
         usable,

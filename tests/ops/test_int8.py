@@ -70,6 +70,14 @@ def _check_quant_special_rows(backend, device):
     x[2, 3] = float("nan")
     x[3, 0] = float("inf")
     x[4, 5] = -float("inf")
+    tiny = torch.zeros(2, 37, device=device)
+    tiny[0, :3] = torch.tensor([1e-38, -5e-39, 0.0])  # 127 / amax overflows to Inf
+    tiny[1, 7] = 1e-45  # a subnormal
+    q_tiny, s_tiny = _quant(backend, tiny)
+    assert q_tiny[0, :3].tolist() == [127, -127, 0] and not q_tiny[0, 3:].any()
+    assert q_tiny[1, 7].item() == 127 and q_tiny[1].abs().sum().item() == 127
+    q_ref, s_ref = quantize_per_token_reference(tiny)
+    assert torch.equal(q_tiny, q_ref) and torch.equal(s_tiny, s_ref)
     q, s = _quant(backend, x)
     assert s[1].item() == 1.0 and not q[1].any()
     for row in (2, 3, 4):
