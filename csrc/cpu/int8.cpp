@@ -205,8 +205,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token(const at::Tensor& x) {
 // ---------------------------------------------------------------------------------------------------
 // int8_mm
 
-// Scales and bias, as float32, padded with zeros to a multiple of 4 columns so that the vector
-// epilogue may read 4 columns past any valid one.
+// Scales and bias, as float32, padded with zeros to a multiple of kBcNR columns so that the vector
+// epilogues may read a whole vector past any valid column.
 struct Epilogue {
   const float* a_scale;
   std::vector<float> b_scale;
@@ -248,8 +248,12 @@ void int8_mm_scalar(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int6
   });
 }
 
-constexpr int kNR = 4;         // rows of b per micro-kernel
-constexpr int kMR = 2;         // rows of a per micro-kernel: 2 x kNR accumulators fit in 16 registers
+// Dot micro-kernel (small M): kMR rows of a against kNR rows of b, 2 x 4 accumulators.
+constexpr int kNR = 4;
+constexpr int kMR = 2;
+// Broadcast micro-kernel (large M): kBcMR rows of a against kBcNR columns, 6 x 2 accumulators.
+constexpr int kBcMR = 6;
+constexpr int kBcNR = 16;
 static int64_t envi(const char* n, int64_t d){ const char* e=getenv(n); return e? atoll(e): d; }
 static int64_t kKC = envi("KC",1024);
 static int64_t kMC = envi("MC",96);
@@ -388,58 +392,185 @@ PYC_AVX2 void pack_int16(const int8_t* src, int64_t K, int64_t row0, int64_t row
   }
 }
 
-// Large M: each task owns an (kMC x kNC) block of the output and walks K in blocks of kKC, packing a
-// and b blocks as int16 into thread-local buffers; int32 partial sums of a block live in a small tile
-// that the last K block turns into the output.
+// Writes columns n .. n + cols - 1 (cols <= 8) of row m from the int32 sums in acc.
 template <typename OutT>
-PYC_AVX2 void int8_mm_avx2_packed(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K,
-                                  const Epilogue& ep) {
+PYC_AVX2 inline void store8(const Epilogue& ep, int64_t m, int64_t n, int cols, __m256i acc) {
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(ep.a_scale[m]));
+  v = _mm256_mul_ps(v, _mm256_loadu_ps(ep.b_scale.data() + n));
+  if (!ep.bias.empty()) {
+    v = _mm256_add_ps(v, _mm256_loadu_ps(ep.bias.data() + n));
+  }
+  OutT* dst = static_cast<OutT*>(ep.out) + m * ep.N + n;
+  if constexpr (std::is_same_v<OutT, float>) {
+    if (cols == 8) {
+      _mm256_storeu_ps(dst, v);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, v);
+      std::memcpy(dst, tmp, cols * sizeof(float));
+    }
+  } else {
+    __m128i h;
+    if constexpr (std::is_same_v<OutT, c10::Half>) {
+      h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      const __m256i u = _mm256_castps_si256(v);
+      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+      h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    }
+    if (cols == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+    } else {
+      alignas(16) uint16_t tmp[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), h);
+      std::memcpy(dst, tmp, cols * sizeof(uint16_t));
+    }
+  }
+}
+
+// Packs rows [n0, n0 + nc) x [k0, k0 + kc) of b (int8, stride K) for the broadcast micro-kernel: per
+// kBcNR-column panel, per pair of k, the kBcNR columns' two values as int16 ([kcp / 2][kBcNR][2]).
+// Columns past nc and k past kc are zero; kcp is a multiple of 16.
+PYC_AVX2 void pack_b_pairs(const int8_t* b, int64_t K, int64_t n0, int64_t nc, int64_t nc_pad, int64_t k0,
+                           int64_t kc, int64_t kcp, int16_t* dst) {
+  const int64_t k16 = kc / 16 * 16;
+  for (int64_t c0 = 0; c0 < nc_pad; c0 += 8) {
+    int16_t* panel = dst + (c0 / kBcNR) * kcp * kBcNR + (c0 % kBcNR) * 2;
+    int64_t k = 0;
+    if (c0 + 8 <= nc) {
+      const int8_t* src = b + (n0 + c0) * K + k0;
+      for (; k < k16; k += 16) {
+        __m256i r[8];
+        for (int c = 0; c < 8; ++c) {
+          r[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + c * K + k)));
+        }
+        // 8 x 8 transpose of 32-bit units (a unit is one column's pair of k values).
+        __m256i t[8];
+        for (int c = 0; c < 8; c += 2) {
+          t[c] = _mm256_unpacklo_epi32(r[c], r[c + 1]);
+          t[c + 1] = _mm256_unpackhi_epi32(r[c], r[c + 1]);
+        }
+        __m256i u[8];
+        for (int c = 0; c < 8; c += 4) {
+          u[c] = _mm256_unpacklo_epi64(t[c], t[c + 2]);
+          u[c + 1] = _mm256_unpackhi_epi64(t[c], t[c + 2]);
+          u[c + 2] = _mm256_unpacklo_epi64(t[c + 1], t[c + 3]);
+          u[c + 3] = _mm256_unpackhi_epi64(t[c + 1], t[c + 3]);
+        }
+        int16_t* d = panel + (k / 2) * kBcNR * 2;
+        for (int q = 0; q < 4; ++q) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + q * kBcNR * 2),
+                              _mm256_permute2x128_si256(u[q], u[q + 4], 0x20));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + (q + 4) * kBcNR * 2),
+                              _mm256_permute2x128_si256(u[q], u[q + 4], 0x31));
+        }
+      }
+    }
+    for (; k < kcp; k += 2) {
+      int16_t* d = panel + (k / 2) * kBcNR * 2;
+      for (int c = 0; c < 8; ++c) {
+        d[2 * c] = 0;
+        d[2 * c + 1] = 0;
+        if (c0 + c < nc) {
+          const int8_t* s = b + (n0 + c0 + c) * K + k0;
+          d[2 * c] = k < kc ? s[k] : 0;
+          d[2 * c + 1] = k + 1 < kc ? s[k + 1] : 0;
+        }
+      }
+    }
+  }
+}
+
+// acc[i][h] = sums for row i and columns 8h .. 8h + 7 over kcp values: a holds kBcMR int16 rows with
+// stride kcp, b one panel from pack_b_pairs. a is read as broadcast pairs of k.
+PYC_AVX2 inline void broadcast_kernel(const int16_t* a, const int16_t* b, int64_t kcp, __m256i acc[kBcMR][2]) {
+  for (int i = 0; i < kBcMR; ++i) {
+    acc[i][0] = _mm256_setzero_si256();
+    acc[i][1] = _mm256_setzero_si256();
+  }
+  for (int64_t k = 0; k < kcp; k += 2) {
+    __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + k * kBcNR));
+    __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(b + k * kBcNR + 16));
+    // Keeps b in registers: GCC would otherwise fold it into each vpmaddwd, one load per row.
+    __asm__("" : "+x"(b0), "+x"(b1));
+    for (int i = 0; i < kBcMR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * kcp + k, sizeof(pair));
+      const __m256i av = _mm256_set1_epi32(pair);
+      const __m256i p0 = _mm256_madd_epi16(av, b0);
+      const __m256i p1 = _mm256_madd_epi16(av, b1);
+      // Adds in place: with _mm256_add_epi32, GCC adds into p and copies it back, one move per product.
+      __asm__("vpaddd %1, %0, %0" : "+x"(acc[i][0]) : "x"(p0));
+      __asm__("vpaddd %1, %0, %0" : "+x"(acc[i][1]) : "x"(p1));
+    }
+  }
+}
+
+struct PackBuffers {
+  std::unique_ptr<int16_t[], AlignedFree> a;
+  std::unique_ptr<int16_t[], AlignedFree> b;
+  std::unique_ptr<int32_t[], AlignedFree> tile;  // only when K takes more than one block
+};
+
+// One (kMC x kNC) block of the output at (m0, n0): walks K in nkb blocks of kc_max, packing a (int16
+// rows) and b (int16 pairs) into buf; int32 partial sums live in buf.tile until the last K block.
+template <typename OutT>
+PYC_AVX2 void packed_block(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K, int64_t m0,
+                           int64_t n0, int64_t nkb, int64_t kc_max, PackBuffers& buf, const Epilogue& ep) {
+  const int64_t mc = std::min(kMC, M - m0);
+  const int64_t nc = std::min(kNC, N - n0);
+  const int64_t mc_pad = round_up(mc, kBcMR);
+  const int64_t nc_pad = round_up(nc, kBcNR);
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t k0 = kb * kc_max;
+    const int64_t kc = std::min(kc_max, K - k0);
+    const int64_t kcp = round_up(kc, 16);
+    pack_int16(a, K, m0, mc, mc_pad, k0, kc, kcp, buf.a.get());
+    pack_b_pairs(b, K, n0, nc, nc_pad, k0, kc, kcp, buf.b.get());
+    const bool first = kb == 0;
+    const bool last = kb == nkb - 1;
+    for (int64_t j = 0; j < nc_pad; j += kBcNR) {
+      for (int64_t i = 0; i < mc_pad; i += kBcMR) {
+        __m256i acc[kBcMR][2];
+        broadcast_kernel(buf.a.get() + i * kcp, buf.b.get() + j * kcp, kcp, acc);
+        const int rows = static_cast<int>(std::min<int64_t>(kBcMR, mc - i));
+        for (int r = 0; r < rows; ++r) {
+          for (int h = 0; h < 2 && j + 8 * h < nc; ++h) {
+            const int64_t jh = j + 8 * h;
+            __m256i v = acc[r][h];
+            if (nkb > 1) {
+              auto* c = reinterpret_cast<__m256i*>(buf.tile.get() + (i + r) * kNC + jh);
+              if (!first) {
+                v = _mm256_add_epi32(v, _mm256_load_si256(c));
+              }
+              if (!last) {
+                _mm256_store_si256(c, v);
+                continue;
+              }
+            }
+            store8<OutT>(ep, m0 + i + r, n0 + jh, static_cast<int>(std::min<int64_t>(8, nc - jh)), v);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Large M: tasks are (kMC x kNC) blocks of the output, each packing its own slices of a and b.
+template <typename OutT>
+void int8_mm_avx2_packed(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K, const Epilogue& ep) {
   const int64_t nkb = (K + kKC - 1) / kKC;
   const int64_t kc_max = round_up((K + nkb - 1) / nkb, 16);
   const int64_t mblocks = (M + kMC - 1) / kMC;
   const int64_t nblocks = (N + kNC - 1) / kNC;
   at::parallel_for(0, mblocks * nblocks, 1, [&](int64_t begin, int64_t end) {
-    auto ap = aligned_buffer<int16_t>(kMC * kc_max);
-    auto bp = aligned_buffer<int16_t>(kNC * kc_max);
-    auto tile = aligned_buffer<int32_t>(nkb > 1 ? kMC * kNC : 0);
+    PackBuffers buf{aligned_buffer<int16_t>(kMC * kc_max), aligned_buffer<int16_t>(kNC * kc_max),
+                    aligned_buffer<int32_t>(nkb > 1 ? kMC * kNC : 0)};
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t m0 = (t / nblocks) * kMC;
-      const int64_t n0 = (t % nblocks) * kNC;
-      const int64_t mc = std::min(kMC, M - m0);
-      const int64_t nc = std::min(kNC, N - n0);
-      const int64_t mc_pad = round_up(mc, kMR);
-      const int64_t nc_pad = round_up(nc, kNR);
-      for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int64_t k0 = kb * kc_max;
-        const int64_t kc = std::min(kc_max, K - k0);
-        const int64_t kcp = round_up(kc, 16);
-        pack_int16(a, K, m0, mc, mc_pad, k0, kc, kcp, ap.get());
-        pack_int16(b, K, n0, nc, nc_pad, k0, kc, kcp, bp.get());
-        const bool first = kb == 0;
-        const bool last = kb == nkb - 1;
-        for (int64_t j = 0; j < nc_pad; j += kNR) {
-          const int cols = static_cast<int>(std::min<int64_t>(kNR, nc - j));
-          for (int64_t i = 0; i < mc_pad; i += kMR) {
-            __m128i acc[kMR];
-            dot_kernel<kMR, false>(ap.get() + i * kcp, kcp, bp.get() + j * kcp, kcp, kcp, acc);
-            const int rows = static_cast<int>(std::min<int64_t>(kMR, mc - i));
-            for (int r = 0; r < rows; ++r) {
-              __m128i v = acc[r];
-              if (nkb > 1) {
-                auto* c = reinterpret_cast<__m128i*>(tile.get() + (i + r) * kNC + j);
-                if (!first) {
-                  v = _mm_add_epi32(v, _mm_load_si128(c));
-                }
-                if (!last) {
-                  _mm_store_si128(c, v);
-                  continue;
-                }
-              }
-              store4<OutT>(ep, m0 + i + r, n0 + j, cols, v);
-            }
-          }
-        }
-      }
+      packed_block<OutT>(a, b, M, N, K, (t / nblocks) * kMC, (t % nblocks) * kNC, nkb, kc_max, buf, ep);
     }
   });
 }
@@ -504,7 +635,7 @@ void int8_mm_dispatch(const int8_t* a, const int8_t* b, int64_t M, int64_t N, in
 }
 
 std::vector<float> padded_float(const at::Tensor& t, int64_t n) {
-  std::vector<float> v(round_up(n, kNR), 0.0f);
+  std::vector<float> v(round_up(n, kBcNR), 0.0f);
   const at::Tensor f = t.to(at::kFloat).contiguous();
   std::memcpy(v.data(), f.const_data_ptr<float>(), n * sizeof(float));
   return v;

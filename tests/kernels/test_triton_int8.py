@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from pycompress.kernels import int8 as triton_int8
+from pycompress.ops.int8 import int8_mm_reference as _ref_int8_mm
+from pycompress.ops.int8 import quantize_per_token_reference as _ref_quantize_per_token
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if _INTERPRET else "cuda"
@@ -20,31 +22,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _ref_quantize_per_token(x):
-    xf = x.float()
-    amax = xf.abs().amax(dim=1)
-    finite = torch.isfinite(amax)
-    usable = finite & (amax > 0)
-    safe_amax = torch.where(usable, amax, 127.0)
-    # Tensor by tensor: with a scalar operand torch divides through a reciprocal, not IEEE div.
-    c127 = torch.full_like(safe_amax, 127.0)
-    scale = torch.where(usable, safe_amax / c127, 1.0)
-    scale = torch.where(finite, scale, float("nan"))
-    inv = torch.where(usable, c127 / safe_amax, 0.0)
-    v = xf * inv[:, None]
-    v = torch.where(torch.isnan(v), 0.0, v)
-    q = torch.round(v).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def _ref_int8_mm(a, b, a_scale, b_scale, bias, out_dtype):
-    acc = a.double() @ b.double().T
-    out = (acc.float() * a_scale[:, None]) * b_scale[None, :]
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(out_dtype)
 
 
 def _randint8(shape, gen):
