@@ -233,3 +233,33 @@ def test_quantize_per_token_bad_input():
         pycompress.ops.quantize_per_token(torch.ones(2, 0))
     with pytest.raises(RuntimeError, match=r"quantize_per_token\(\) Expected a value of type 'Tensor' for argument 'x'"):
         pycompress.ops.quantize_per_token([[1.0]])
+
+
+@pytest.mark.parametrize("isa", ["scalar", "auto"])
+def test_cpu_isa_paths(isa, monkeypatch):
+    # PYCOMPRESS_CPU_ISA is read on every call: both the SIMD path and the portable path are checked.
+    monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
+    _check_mm_exact("cpu", "cpu")
+    _check_mm_epilogue("cpu", "cpu")
+    _check_quant_exact("cpu", "cpu")
+    _check_quant_special_rows("cpu", "cpu")
+
+
+@pytest.mark.parametrize("isa", ["scalar", "auto"])
+def test_cpu_blocked_path_exact(isa, monkeypatch):
+    # M > 96, N > 128 and K > 1024 cross every cache block of the packed path, with -128 everywhere
+    # it matters; power-of-two scales keep the float32 output exact despite |acc| > 2^24.
+    monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
+    M, N, K = 203, 301, 2100
+    a, b = _int8(M, K), _int8(N, K)
+    a[:, :64] = -128
+    b[:, :64] = -128
+    out = _mm("cpu", a, b, torch.full((M,), 2.0**-12), torch.full((N,), 2.0**-12), None, torch.float32)
+    expected = ((a.int() @ b.int().T).double() * 2.0**-24).float()
+    assert torch.equal(out, expected)
+
+
+def test_cpu_isa_bad_value(monkeypatch):
+    monkeypatch.setenv("PYCOMPRESS_CPU_ISA", "avx9000")
+    with pytest.raises(RuntimeError, match="PYCOMPRESS_CPU_ISA"):
+        _mm("cpu", *_args(), None, torch.float32)
