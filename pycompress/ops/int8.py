@@ -23,11 +23,8 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress._native import cuda_unavailable_reason, native_unavailable_reason, triton_unavailable_reason
+from pycompress.ops._backends import register_standard
 from pycompress.ops._checks import FLOAT_DTYPES, check_dtype_arg, check_tensor
-
-NEVER_ON_GPU = "never run on a GPU: compiled for sm_80/sm_90a and checked by SASS only, not yet tested on hardware"
-TRITON_INTERPRETER = "Triton interpreter: for testing the kernels on CPU, very slow"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,42 +148,5 @@ def _(a, b, a_scale, b_scale, bias=None, out_dtype=torch.float32):
 # ---------------------------------------------------------------------------------------------
 # backends
 
-
-def _native_quantize_per_token(x):
-    return tuple(torch.ops.pycompress_C.quantize_per_token(x))
-
-
-def _native_int8_mm(a, b, a_scale, b_scale, bias, out_dtype):
-    return torch.ops.pycompress_C.int8_mm(a, b, a_scale, b_scale, bias, out_dtype)
-
-
-def _triton_quantize_per_token(x):
-    from pycompress.kernels import int8 as triton_int8
-
-    return triton_int8.quantize_per_token(x)
-
-
-def _triton_int8_mm(a, b, a_scale, b_scale, bias, out_dtype):
-    from pycompress.kernels import int8 as triton_int8
-
-    return triton_int8.int8_mm(a, b, a_scale, b_scale, bias, out_dtype)
-
-
-def _native_cpu_reason(device_type):
-    return native_unavailable_reason()
-
-
-def _native_cuda_reason(device_type):
-    return cuda_unavailable_reason()
-
-
-for _op, _ref, _native, _triton in (
-    (_OP_QUANT, quantize_per_token_reference, _native_quantize_per_token, _triton_quantize_per_token),
-    (_OP_MM, int8_mm_reference, _native_int8_mm, _triton_int8_mm),
-):
-    registry.register(_op, "reference", _ref, devices=("cpu", "cuda"))
-    registry.register(_op, "cpu", _native, devices=("cpu",), availability=_native_cpu_reason)
-    registry.register(_op, "cuda", _native, devices=("cuda",), availability=_native_cuda_reason,
-                      experimental={"cuda": NEVER_ON_GPU})
-    registry.register(_op, "triton", _triton, devices=("cpu", "cuda"), availability=triton_unavailable_reason,
-                      experimental={"cuda": NEVER_ON_GPU, "cpu": TRITON_INTERPRETER})
+register_standard(_OP_QUANT, "int8", quantize_per_token_reference)
+register_standard(_OP_MM, "int8", int8_mm_reference)
