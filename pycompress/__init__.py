@@ -9,15 +9,23 @@ __version__ = "0.1.0"
 
 from pycompress import ops  # noqa: E402  (registers the ops and their backends)
 from pycompress.api import compress_, load, register_handler, report, save  # noqa: E402
-from pycompress.nn import Int8Linear  # noqa: E402
-from pycompress.quant import Int8Config  # noqa: E402
+from pycompress.nn import BinaryLinear, Int8Linear, TernaryLinear, WeightOnlyInt8Linear  # noqa: E402
+from pycompress.quant import Quantizer  # noqa: E402
+from pycompress.quant.configs import BinaryConfig, Int8Config, Int8WeightOnlyConfig, TernaryConfig  # noqa: E402
 from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E402
 from pycompress.info import info  # noqa: E402
 
 __all__ = [
     "BackendUnavailableError",
+    "BinaryConfig",
+    "BinaryLinear",
     "Int8Config",
     "Int8Linear",
+    "Int8WeightOnlyConfig",
+    "Quantizer",
+    "TernaryConfig",
+    "TernaryLinear",
+    "WeightOnlyInt8Linear",
     "compress_",
     "info",
     "load",

@@ -108,11 +108,10 @@ def report(model: nn.Module) -> Optional[CompressReport]:
 
 
 def _compressed_modules(model: nn.Module):
-    from pycompress.nn import FORMATS
+    from pycompress.nn import PackedLinear
 
-    format_types = tuple(FORMATS.values())
     for name, module in model.named_modules():
-        if isinstance(module, format_types):
+        if isinstance(module, PackedLinear):
             yield name, module
 
 

@@ -1,17 +1,19 @@
-"""int8 weights with one float32 scale per output channel.
+"""int8 weights with float32 scales per output channel or per group of input channels.
 
 Layout: ``qweight`` int8 [N, K] row-major (the nn.Linear weight layout, K contiguous) and ``scale``
-float32 [N] with W[n, k] ~= qweight[n, k] * scale[n]. Symmetric, range [-127, 127].
+float32 [N] (per channel) or [N, G] (G groups of K / G consecutive columns), with
+W[n, k] ~= qweight[n, k] * scale[n, k // (K / G)]. Symmetric, range [-127, 127].
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from pycompress.ops.int8 import quantize_per_token_reference
+from pycompress.quant.quantizer import Quantizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,19 +21,15 @@ class Int8Weight:
     qweight: Tensor
     scale: Tensor
 
-    def dequantize(self) -> Tensor:
-        return self.qweight.float() * self.scale[:, None]
 
-
-def pack_int8_per_channel(weight: Tensor) -> Int8Weight:
-    """Quantize a float weight [N, K] to int8 with a scale per output channel (row).
-
-    Uses the same rounding as activation quantization (per-row absmax / 127, round half to even).
-    A weight holding NaN or Inf is rejected: it cannot be represented.
-    """
+def pack_int8_per_channel(weight: Tensor, group_size: Optional[int] = None) -> Int8Weight:
+    """Quantize a float weight [N, K] to int8, symmetric, one scale per output channel (or per group
+    of ``group_size`` input channels). A weight holding NaN or Inf is rejected."""
     if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError(f"pack_int8_per_channel: weight must be a floating-point [N, K] tensor (got {weight!r:.80})")
     if not torch.isfinite(weight).all():
         raise ValueError("pack_int8_per_channel: weight holds NaN or Inf values, which int8 cannot represent")
-    q, scale = quantize_per_token_reference(weight.detach())
-    return Int8Weight(qweight=q, scale=scale)
+    quantizer = Quantizer(8, True, "channel" if group_size is None else "group", group_size)
+    scale, zero_point = quantizer.params(weight)
+    q = quantizer.quantize(weight.detach(), scale, zero_point).to(torch.int8)
+    return Int8Weight(qweight=q, scale=scale[:, 0].contiguous() if group_size is None else scale.contiguous())

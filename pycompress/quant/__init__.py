@@ -1,5 +1,5 @@
-"""Quantization methods and their configs."""
+"""Quantization methods. Their configs for ``pycompress.compress_`` live in pycompress.quant.configs."""
 
-from pycompress.quant.configs import Int8Config
+from pycompress.quant.quantizer import Quantizer
 
-__all__ = ["Int8Config"]
+__all__ = ["Quantizer"]
