@@ -9,9 +9,15 @@ __version__ = "0.1.0"
 
 from pycompress import ops  # noqa: E402  (registers the ops and their backends)
 from pycompress.api import compress_, load, register_handler, report, save  # noqa: E402
-from pycompress.nn import BinaryLinear, Int8Linear, TernaryLinear, WeightOnlyInt8Linear  # noqa: E402
+from pycompress.nn import BinaryLinear, Int8Linear, Int8StaticLinear, TernaryLinear, WeightOnlyInt8Linear  # noqa: E402
 from pycompress.quant import Quantizer  # noqa: E402
-from pycompress.quant.configs import BinaryConfig, Int8Config, Int8WeightOnlyConfig, TernaryConfig  # noqa: E402
+from pycompress.quant.configs import (  # noqa: E402
+    BinaryConfig,
+    Int8Config,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    TernaryConfig,
+)
 from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E402
 from pycompress.info import info  # noqa: E402
 
@@ -21,6 +27,8 @@ __all__ = [
     "BinaryLinear",
     "Int8Config",
     "Int8Linear",
+    "Int8StaticConfig",
+    "Int8StaticLinear",
     "Int8WeightOnlyConfig",
     "Quantizer",
     "TernaryConfig",

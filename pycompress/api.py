@@ -1,8 +1,9 @@
 """The torch-level API: ``compress_`` swaps layers for compressed ones, ``save``/``load`` persist them.
 
-Each config type has one handler, registered with ``register_handler``: it is called for every
-submodule and returns the replacement module, a string saying why this module is left as it is, or
-None when the config does not apply to that kind of module.
+Each config type has one handler, registered with ``register_handler``. compress_ offers it every
+submodule of the kinds it ``applies`` to (nn.Linear by default) that passes ``filter_fn``; configs that
+need data first observe those modules' inputs over the calibration batches; then the handler returns
+the replacement module or a string saying why the module is left as it is.
 """
 
 from __future__ import annotations
@@ -20,18 +21,37 @@ from torch import nn
 
 log = logging.getLogger("pycompress")
 
-_HANDLERS: dict[type, Callable] = {}
+_HANDLERS: dict[type, "Handler"] = {}
 _REPORTS: "weakref.WeakKeyDictionary[nn.Module, CompressReport]" = weakref.WeakKeyDictionary()
 MANIFEST = "pycompress.json"
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
 
 
-def register_handler(config_type: type):
-    """Register the handler ``fn(module, config) -> nn.Module | str | None`` of ``config_type``."""
+@dataclasses.dataclass(frozen=True)
+class Handler:
+    """How compress_ applies one config type.
+
+    ``convert(module, config, observer) -> nn.Module | str``: the replacement, or why the module stays.
+    ``applies(module) -> bool``: which modules are offered. ``observer(config)``: None for configs that
+    need no data, else a factory of the Observer that watches each offered module's input.
+    """
+
+    convert: Callable
+    applies: Callable[[nn.Module], bool]
+    observer: Optional[Callable] = None
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear)
+
+
+def register_handler(config_type: type, *, applies: Callable[[nn.Module], bool] = _is_linear,
+                     observer: Optional[Callable] = None):
+    """Register ``convert(module, config, observer)`` as the handler of ``config_type``."""
 
     def wrap(fn):
-        _HANDLERS[config_type] = fn
+        _HANDLERS[config_type] = Handler(convert=fn, applies=applies, observer=observer)
         return fn
 
     return wrap
@@ -80,12 +100,20 @@ def compress_(
         raise TypeError(f"compress_: model must be an nn.Module (got {type(model).__name__})")
     report = CompressReport(config=config)
     result = model
-    for name, module in list(model.named_modules()):
-        if filter_fn is not None and not filter_fn(module, name):
-            continue
-        outcome = handler(module, config)
-        if outcome is None:
-            continue
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if handler.applies(module) and (filter_fn is None or filter_fn(module, name))
+    ]
+    observers = {}
+    make_observer = handler.observer(config) if handler.observer is not None else None
+    if make_observer is not None:
+        from pycompress.quant.observers import calibrate
+
+        observers = calibrate(model, calibration, dict(candidates), make_observer,
+                              desc=f"calibrating {type(config).__name__}")
+    for name, module in candidates:
+        outcome = handler.convert(module, config, observers.get(name))
         label = name or "<model>"
         if isinstance(outcome, str):
             report.skipped[label] = outcome

@@ -9,14 +9,50 @@ import torch
 from torch import nn
 
 from pycompress.api import register_handler
-from pycompress.nn.int8 import Int8Linear
+from pycompress.quant.observers import OBSERVERS, Observer
+from pycompress.nn.int8 import Int8Linear, Int8StaticLinear, smoothing_scale
+from pycompress.quant.quantizer import Quantizer
 from pycompress.nn.lowbit import ACTIVATION_MODES, BinaryLinear, TernaryLinear, WeightOnlyInt8Linear
+
+
+def _check_alpha(name, alpha):
+    if alpha is not None and not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"{name}: smoothquant_alpha must be None or a number in [0, 1] (got {alpha!r})")
 
 
 @dataclasses.dataclass(frozen=True)
 class Int8Config:
     """W8A8: int8 weights with one scale per output channel and int8 activations quantized per token
-    on the fly (symmetric, dynamic). Applies to nn.Linear layers; needs no calibration data."""
+    on the fly (symmetric, dynamic). Applies to nn.Linear layers. With ``smoothquant_alpha`` the
+    per-channel activation ranges seen on the calibration data are migrated into the weights first
+    (SmoothQuant), which then needs calibration data."""
+
+    smoothquant_alpha: Optional[float] = None
+
+    def __post_init__(self):
+        _check_alpha("Int8Config", self.smoothquant_alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8StaticConfig:
+    """W8A8 with static activation scales (one per layer input, symmetric) calibrated on data by an
+    observer: ``minmax``, ``moving_average``, ``percentile`` (with ``percentile``) or ``mse``;
+    optionally SmoothQuant-smoothed. The scales are saved with the model."""
+
+    observer: str = "minmax"
+    percentile: float = 99.99
+    smoothquant_alpha: Optional[float] = None
+
+    def __post_init__(self):
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"Int8StaticConfig: observer must be one of {', '.join(OBSERVERS)} (got {self.observer!r})")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"Int8StaticConfig: percentile must be in (0, 100] (got {self.percentile})")
+        _check_alpha("Int8StaticConfig", self.smoothquant_alpha)
+        if self.smoothquant_alpha is not None and self.observer != "minmax":
+            # The smoothed input's range is derived from per-channel maxima, which only minmax observes.
+            raise ValueError("Int8StaticConfig: smoothquant_alpha works with observer='minmax' only "
+                             f"(got observer={self.observer!r})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,22 +99,53 @@ def linear_skip_reason(module: nn.Module):
 
 
 def _linear_handler(convert):
-    def handler(module, config):
-        if not isinstance(module, nn.Linear):
-            return None
-        return linear_skip_reason(module) or convert(module, config)
+    def handler(module, config, observer=None):
+        return linear_skip_reason(module) or convert(module, config, observer)
 
     return handler
 
 
-register_handler(Int8Config)(_linear_handler(lambda m, c: Int8Linear.from_linear(m)))
-register_handler(BinaryConfig)(_linear_handler(lambda m, c: BinaryLinear.from_linear(m, c.activations)))
-register_handler(TernaryConfig)(_linear_handler(lambda m, c: TernaryLinear.from_linear(m)))
+register_handler(BinaryConfig)(_linear_handler(lambda m, c, o: BinaryLinear.from_linear(m, c.activations)))
+register_handler(TernaryConfig)(_linear_handler(lambda m, c, o: TernaryLinear.from_linear(m)))
 
 
 @register_handler(Int8WeightOnlyConfig)
 @_linear_handler
-def _int8_weight_only(module, config):
+def _int8_weight_only(module, config, observer):
     if config.group_size is not None and module.in_features % config.group_size:
         return f"group_size {config.group_size} does not divide in_features {module.in_features}"
     return WeightOnlyInt8Linear.from_linear(module, config.group_size)
+
+
+def _int8_observer(config):
+    smooth = config.smoothquant_alpha is not None
+    if isinstance(config, Int8StaticConfig):
+        return lambda: Observer(config.observer, percentile=config.percentile, channel_absmax=smooth)
+    return (lambda: Observer("minmax", channel_absmax=True)) if smooth else None
+
+
+def _smooth_scale(module, config, observer):
+    if config.smoothquant_alpha is None:
+        return None
+    return smoothing_scale(observer.channel_absmax, module.weight, config.smoothquant_alpha)
+
+
+@register_handler(Int8Config, observer=_int8_observer)
+@_linear_handler
+def _int8_dynamic(module, config, observer):
+    return Int8Linear.from_linear(module, _smooth_scale(module, config, observer))
+
+
+@register_handler(Int8StaticConfig, observer=_int8_observer)
+@_linear_handler
+def _int8_static(module, config, observer):
+    smooth = _smooth_scale(module, config, observer)
+    result = Int8StaticLinear.from_linear(module, smooth)
+    lo, hi = observer.range()
+    if smooth is not None:
+        # The observer saw x; the layer quantizes x / s, whose range the per-channel maxima give.
+        amax = (observer.channel_absmax.to(smooth.device) / smooth).max()
+        lo, hi = -amax, amax
+    scale, _ = Quantizer(8, True, "tensor").params_from_range(lo.reshape(1, 1), hi.reshape(1, 1))
+    result.input_scale.copy_(scale.reshape(1))
+    return result
