@@ -18,6 +18,8 @@ from pycompress.quant.configs import (  # noqa: E402
     Int8WeightOnlyConfig,
     TernaryConfig,
 )
+from pycompress.quant.mixed import MixedPrecisionConfig  # noqa: E402
+from pycompress.quant.qat import QATConfig, convert, prepare_qat  # noqa: E402
 from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E402
 from pycompress.info import info  # noqa: E402
 
@@ -30,6 +32,10 @@ __all__ = [
     "Int8StaticConfig",
     "Int8StaticLinear",
     "Int8WeightOnlyConfig",
+    "MixedPrecisionConfig",
+    "QATConfig",
+    "convert",
+    "prepare_qat",
     "Quantizer",
     "TernaryConfig",
     "TernaryLinear",

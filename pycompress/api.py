@@ -32,7 +32,8 @@ MANIFEST_VERSION = 1
 class Handler:
     """How compress_ applies one config type.
 
-    ``convert(module, config, observer) -> nn.Module | str``: the replacement, or why the module stays.
+    ``convert(module, config, observer, name) -> nn.Module | str | None``: the replacement, why the module
+    stays (reported), or None when the config says nothing about this module.
     ``applies(module) -> bool``: which modules are offered. ``observer(config)``: None for configs that
     need no data, else a factory of the Observer that watches each offered module's input.
     """
@@ -48,7 +49,7 @@ def _is_linear(module: nn.Module) -> bool:
 
 def register_handler(config_type: type, *, applies: Callable[[nn.Module], bool] = _is_linear,
                      observer: Optional[Callable] = None):
-    """Register ``convert(module, config, observer)`` as the handler of ``config_type``."""
+    """Register ``convert(module, config, observer, name)`` as the handler of ``config_type``."""
 
     def wrap(fn):
         _HANDLERS[config_type] = Handler(convert=fn, applies=applies, observer=observer)
@@ -113,7 +114,9 @@ def compress_(
         observers = calibrate(model, calibration, dict(candidates), make_observer,
                               desc=f"calibrating {type(config).__name__}")
     for name, module in candidates:
-        outcome = handler.convert(module, config, observers.get(name))
+        outcome = handler.convert(module, config, observers.get(name), name)
+        if outcome is None:
+            continue
         label = name or "<model>"
         if isinstance(outcome, str):
             report.skipped[label] = outcome

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pycompress.api import register_handler
+from pycompress.quant.mixed import MixedPrecisionConfig
 from pycompress.quant.observers import OBSERVERS, Observer
 from pycompress.nn.int8 import Int8Linear, Int8StaticLinear, smoothing_scale
 from pycompress.quant.quantizer import Quantizer
@@ -99,7 +100,7 @@ def linear_skip_reason(module: nn.Module):
 
 
 def _linear_handler(convert):
-    def handler(module, config, observer=None):
+    def handler(module, config, observer=None, name=""):
         return linear_skip_reason(module) or convert(module, config, observer)
 
     return handler
@@ -149,3 +150,21 @@ def _int8_static(module, config, observer):
     scale, _ = Quantizer(8, True, "tensor").params_from_range(lo.reshape(1, 1), hi.reshape(1, 1))
     result.input_scale.copy_(scale.reshape(1))
     return result
+
+
+def _weight_only_with_bits(module: nn.Linear, bits: int) -> WeightOnlyInt8Linear:
+    quantizer = Quantizer(bits)
+    scale, zero_point = quantizer.params(module.weight)
+    result = WeightOnlyInt8Linear(module.in_features, module.out_features, **WeightOnlyInt8Linear._linear_kwargs(module))
+    result.qweight.copy_(quantizer.quantize(module.weight.detach(), scale, zero_point).to(torch.int8))
+    result.weight_scale.copy_(scale[:, 0])
+    result._copy_bias(module)
+    return result
+
+
+@register_handler(MixedPrecisionConfig)
+def _mixed_precision(module, config, observer, name):
+    bits = config.plan.get(name, config.default_bits)
+    if bits is None:
+        return None
+    return linear_skip_reason(module) or _weight_only_with_bits(module, bits)
