@@ -21,8 +21,8 @@ from .int8 import _to_bfloat16_rne, _to_float32
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# The interpreter has no libdevice popc, and its bfloat16/float16 dot products do not accumulate in
-# float32: under it the popcount is computed with shifts and masks and dot operands are upcast.
+# The interpreter has no libdevice popc and computes bfloat16 dot products wrongly: under it the
+# popcount is done with shifts and masks, and dot operands are upcast to float32.
 _SWAR_POPCOUNT = tl.constexpr(_INTERPRET)
 _DOT_IN_FP32 = tl.constexpr(_INTERPRET)
 
@@ -33,6 +33,10 @@ _SCALE_PER_ELEMENT = tl.constexpr(2)  # scale [N, G], groups not tile-aligned: p
 
 # Largest K tile of the weight-only GEMM; also the "no limit" value of its K_TILE_CAP.
 _MAX_TILE_K = 1024
+# float32 operands go through tl.dot's FMA lowering, which holds whole K slices of its operand
+# rows and columns in each thread: beyond these tiles it spills registers.
+_FMA_DOT_MAX_TILE_K = 32
+_FMA_DOT_MAX_TILE_MN = 16 * 64
 
 
 @triton.jit
@@ -81,7 +85,9 @@ def _pack_bits_kernel(
     x_ptrs = x_ptr + rows.to(tl.int64)[:, None, None] * stride_xm + cols[None, :, :]
     x = tl.load(x_ptrs, mask=row_ok[:, None, None] & (cols < K)[None, :, :], other=0)
     negative = (_to_float32(x) < 0.0).to(tl.uint32)
-    packed = tl.reduce_or(negative << bit.to(tl.uint32)[None, None, :], axis=2)
+    # The shifted bits are distinct powers of two, so their sum is their OR (and the sum reduction
+    # is vectorised by the interpreter, unlike a custom OR combine).
+    packed = tl.sum(negative << bit.to(tl.uint32)[None, None, :], axis=2)
     out_ptrs = out_ptr + rows.to(tl.int64)[:, None] * stride_om + words[None, :]
     tl.store(out_ptrs, packed.to(tl.int32, bitcast=True), mask=row_ok[:, None] & (words < W)[None, :])
 
@@ -274,7 +280,7 @@ _WO_DOT_GPU_CONFIGS = [
     _config(3, 8, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
     _config(3, 8, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64),
 ]
-# BLOCK_M comes from the launcher (the next power of two of M).
+# BLOCK_M comes from the launcher: the next power of two of M, at most _REDUCE_MAX_M.
 _WO_REDUCE_GPU_CONFIGS = [
     _config(4, 4, BLOCK_N=16, BLOCK_K=128),
     _config(4, 4, BLOCK_N=32, BLOCK_K=64),
@@ -317,8 +323,18 @@ def _fit_reduce_tiles(configs, named_args, **kwargs):
     return fitting or [min(configs, key=products_per_thread)]
 
 
+def _fit_fma_dot_tiles(configs, named_args, **kwargs):
+    """For float32 x keep the dot configs whose FMA lowering fits in registers."""
+    if named_args["x_ptr"].dtype != torch.float32:
+        return configs
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= _FMA_DOT_MAX_TILE_MN]
+    return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
 _WO_KEY = ["M", "N", "K", "GS"]
-_weight_only_mm_dot = triton.autotune(configs=_WO_DOT_CONFIGS, key=_WO_KEY)(_weight_only_mm_kernel)
+_weight_only_mm_dot = triton.autotune(
+    configs=_WO_DOT_CONFIGS, key=_WO_KEY, prune_configs_by={"early_config_prune": _fit_fma_dot_tiles},
+)(_weight_only_mm_kernel)
 _weight_only_mm_reduce = triton.autotune(
     configs=_WO_REDUCE_CONFIGS, key=_WO_KEY, prune_configs_by={"early_config_prune": _fit_reduce_tiles},
 )(_weight_only_mm_kernel)
@@ -343,10 +359,15 @@ def _weight_only_mm(x, w, weight_bits, scale, bias):
         assert K % scale.shape[1] == 0
         group_size = K // scale.shape[1]
         # The largest power of two dividing the group size bounds a K tile that never straddles
-        # two groups; below 16 rows of K tl.dot has no tile, so such groups scale each weight.
-        k_tile_cap = min(group_size & -group_size, _MAX_TILE_K)
-        mode = (_SCALE_PER_TILE if k_tile_cap >= 16 else _SCALE_PER_ELEMENT).value
+        # two groups; below 16 (tl.dot's smallest K) the tiles stay large and each weight is scaled.
+        aligned_tile = group_size & -group_size
+        if aligned_tile >= 16:
+            mode, k_tile_cap = _SCALE_PER_TILE.value, min(aligned_tile, _MAX_TILE_K)
+        else:
+            mode = _SCALE_PER_ELEMENT.value
     use_dot = M > _REDUCE_MAX_M and mode != _SCALE_PER_ELEMENT.value
+    if use_dot and x.dtype == torch.float32:
+        k_tile_cap = min(k_tile_cap, _FMA_DOT_MAX_TILE_K)
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -538,12 +559,14 @@ AOT_KERNELS = [
     _binary_mm_aot(_BINARY_MM_GPU_CONFIGS[0], "*fp16", None),
     *(_weight_only_aot(8, "*bf16", config, True) for config in _WO_DOT_GPU_CONFIGS),
     *(_weight_only_aot(bits, x_type, _WO_DOT_GPU_CONFIGS[1], True)
-      for bits in (8, 1, 2) for x_type in ("*fp16", "*bf16", "*fp32")),
+      for bits, x_type in ((8, "*fp16"), (1, "*fp16"), (1, "*bf16"), (2, "*fp16"), (2, "*bf16"))),
+    *(_weight_only_aot(bits, "*fp32", _WO_DOT_GPU_CONFIGS[1], True, k_tile_cap=_FMA_DOT_MAX_TILE_K)
+      for bits in (8, 1, 2)),
     _weight_only_aot(8, "*fp16", _WO_DOT_GPU_CONFIGS[1], True, _SCALE_PER_TILE.value, 32),
     _weight_only_aot(8, "*bf16", _WO_DOT_GPU_CONFIGS[4], True, _SCALE_PER_TILE.value, 128),
     *(_weight_only_aot(bits, x_type, config, False, block_m=block_m)
       for bits in (8, 1, 2) for x_type in ("*fp16", "*bf16")
       for config, block_m in ((_WO_REDUCE_GPU_CONFIGS[3], 1), (_WO_REDUCE_GPU_CONFIGS[0], 4))),
     _weight_only_aot(8, "*fp32", _WO_REDUCE_GPU_CONFIGS[2], False, _SCALE_PER_TILE.value, 64, block_m=2),
-    _weight_only_aot(8, "*bf16", _WO_REDUCE_GPU_CONFIGS[1], False, _SCALE_PER_ELEMENT.value, 8, block_m=4),
+    _weight_only_aot(8, "*bf16", _WO_REDUCE_GPU_CONFIGS[1], False, _SCALE_PER_ELEMENT.value, block_m=4),
 ]
