@@ -38,6 +38,7 @@ if [ "$purpose" = test ]; then
   need pytest_benchmark pytest-benchmark
   need hypothesis hypothesis
   need expecttest expecttest
+  need sklearn scikit-learn
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
