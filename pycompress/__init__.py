@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from pycompress import ops  # noqa: E402  (registers the ops and their backends)
 from pycompress.api import compress_, load, register_handler, report, save  # noqa: E402
-from pycompress.nn import BinaryLinear, Int8Linear, Int8StaticLinear, TernaryLinear, WeightOnlyInt8Linear  # noqa: E402
+from pycompress.nn import BinaryConv2d, BinaryLinear, Int8Conv2d, Int8Linear, Int8StaticLinear, TernaryLinear, WeightOnlyInt8Linear  # noqa: E402
 from pycompress.quant import Quantizer  # noqa: E402
 from pycompress.quant.configs import (  # noqa: E402
     BinaryConfig,
@@ -26,6 +26,8 @@ from pycompress.info import info  # noqa: E402
 __all__ = [
     "BackendUnavailableError",
     "BinaryConfig",
+    "BinaryConv2d",
+    "Int8Conv2d",
     "BinaryLinear",
     "Int8Config",
     "Int8Linear",

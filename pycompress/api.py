@@ -139,10 +139,11 @@ def report(model: nn.Module) -> Optional[CompressReport]:
 
 
 def _compressed_modules(model: nn.Module):
-    from pycompress.nn import PackedLinear
+    from pycompress.nn import FORMATS
 
+    packed_types = tuple(FORMATS.values())
     for name, module in model.named_modules():
-        if isinstance(module, PackedLinear):
+        if isinstance(module, packed_types):
             yield name, module
 
 

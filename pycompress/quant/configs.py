@@ -11,6 +11,7 @@ from torch import nn
 from pycompress.api import register_handler
 from pycompress.quant.mixed import MixedPrecisionConfig
 from pycompress.quant.observers import OBSERVERS, Observer
+from pycompress.nn.conv import BinaryConv2d, Int8Conv2d, conv_skip_reason
 from pycompress.nn.int8 import Int8Linear, Int8StaticLinear, smoothing_scale
 from pycompress.quant.quantizer import Quantizer
 from pycompress.nn.lowbit import ACTIVATION_MODES, BinaryLinear, TernaryLinear, WeightOnlyInt8Linear
@@ -106,7 +107,6 @@ def _linear_handler(convert):
     return handler
 
 
-register_handler(BinaryConfig)(_linear_handler(lambda m, c, o: BinaryLinear.from_linear(m, c.activations)))
 register_handler(TernaryConfig)(_linear_handler(lambda m, c, o: TernaryLinear.from_linear(m)))
 
 
@@ -131,10 +131,17 @@ def _smooth_scale(module, config, observer):
     return smoothing_scale(observer.channel_absmax, module.weight, config.smoothquant_alpha)
 
 
-@register_handler(Int8Config, observer=_int8_observer)
-@_linear_handler
-def _int8_dynamic(module, config, observer):
-    return Int8Linear.from_linear(module, _smooth_scale(module, config, observer))
+def _linear_or_conv(module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Conv2d))
+
+
+@register_handler(Int8Config, applies=_linear_or_conv, observer=_int8_observer)
+def _int8_dynamic(module, config, observer, name):
+    if isinstance(module, nn.Conv2d):
+        if config.smoothquant_alpha is not None:
+            return "SmoothQuant applies to nn.Linear layers; this convolution is left dense"
+        return conv_skip_reason(module) or Int8Conv2d.from_conv(module)
+    return linear_skip_reason(module) or Int8Linear.from_linear(module, _smooth_scale(module, config, observer))
 
 
 @register_handler(Int8StaticConfig, observer=_int8_observer)
@@ -168,3 +175,10 @@ def _mixed_precision(module, config, observer, name):
     if bits is None:
         return None
     return linear_skip_reason(module) or _weight_only_with_bits(module, bits)
+
+
+@register_handler(BinaryConfig, applies=_linear_or_conv)
+def _binary(module, config, observer, name):
+    if isinstance(module, nn.Conv2d):
+        return conv_skip_reason(module) or BinaryConv2d.from_conv(module, config.activations)
+    return linear_skip_reason(module) or BinaryLinear.from_linear(module, config.activations)
