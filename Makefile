@@ -33,6 +33,7 @@ cpp-test:
 
 bench: setup
 	$(PY) -m benchmarks.run --family int8
+	$(PY) -m benchmarks.run --family lowbit
 
 clean:
 	rm -rf build *.egg-info pycompress/*.so

@@ -1,6 +1,6 @@
 """Benchmark runner: times each backend of an op family and its baselines side by side, in one run.
 
-    python -m benchmarks.run --family int8 [--device cpu|cuda] [--quick]
+    python -m benchmarks.run --family int8|lowbit [--device cpu|cuda] [--quick]
 
 writes benchmarks/results/<device>/<family>.json: device, versions, commit, command, the measured
 peak, then one row per (case, shape) with the median time of every candidate, its GOP/s, and the ratio
@@ -140,6 +140,61 @@ def int8_cases(device: str, quick: bool):
         yield "w8a8_linear", M, N, K, candidates, baselines
 
 
+def lowbit_cases(device: str, quick: bool):
+    """Weight-only int8 (W8A16), binary (W1A1, W1A16) and ternary GEMMs against the float matmul."""
+    from pycompress.ops import lowbit as L
+
+    float_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    fname = str(float_dtype).replace("torch.", "")
+    backends = ["cuda", "triton"] if device == "cuda" else ["cpu"]
+    if device == "cuda":
+        decode = [(1, 4096, 4096), (1, 8192, 8192), (16, 4096, 4096)] + ([] if quick else [(1, 11008, 4096)])
+        binary = [(8192, 8192, 8192), (64, 4096, 4096)]
+    else:
+        decode = [(1, 4096, 4096), (16, 4096, 4096)] + ([] if quick else [(1, 1536, 384), (1, 11008, 4096)])
+        binary = [(64, 4096, 4096)] + ([] if quick else [(4096, 1536, 384)])
+    for M, N, K in decode:
+        g = torch.Generator().manual_seed(M + N + K)
+        x = torch.randn(M, K, generator=g).to(device=device, dtype=float_dtype)
+        w = torch.randn(N, K, generator=g).to(device)
+        q, scale = quantize_per_token_reference(w)
+        signs = torch.where(w < 0, -1.0, 1.0)
+        w_bits = L.pack_bits_reference(signs)
+        w_2bit = L.pack_ternary(torch.sign(w) * (w.abs() > 0.7 * w.abs().mean()))
+        alpha = w.abs().mean(1)
+        w_f = w.to(float_dtype)
+        baselines = {f"torch.matmul[{fname}]": lambda x=x, w_f=w_f: torch.nn.functional.linear(x, w_f)}
+        for op, args in (
+            ("int8_weight_only_mm", (x, q, scale, None)),
+            ("binary_weight_mm", (x, w_bits, alpha, None)),
+            ("ternary_weight_mm", (x, w_2bit, alpha, None)),
+        ):
+            candidates = {f"{op}[{b}]": _backend_fn(b, lambda op=op, args=args: getattr(pycompress.ops, op)(*args))
+                          for b in backends}
+            yield op, M, N, K, candidates, baselines
+    for M, N, K in binary:
+        g = torch.Generator().manual_seed(M * 3 + N + K)
+        x = torch.randn(M, K, generator=g).to(device=device, dtype=float_dtype)
+        w = torch.randn(N, K, generator=g).to(device=device, dtype=float_dtype)
+        a_bits, b_bits = L.pack_bits_reference(x.float()), L.pack_bits_reference(w.float())
+        sa, sb = x.float().abs().mean(1), w.float().abs().mean(1)
+        candidates = {
+            f"binary_mm[{b}]": _backend_fn(b, lambda: pycompress.ops.binary_mm(a_bits, b_bits, K, sa, sb, None,
+                                                                               float_dtype))
+            for b in backends
+        }
+        candidates.update({
+            f"pack_bits+binary_mm[{b}]": _backend_fn(b, lambda: pycompress.ops.binary_mm(
+                pycompress.ops.pack_bits(x), b_bits, K, sa, sb, None, float_dtype))
+            for b in backends
+        })
+        baselines = {f"torch.matmul[{fname}]": lambda: torch.nn.functional.linear(x, w)}
+        yield "binary_mm", M, N, K, candidates, baselines
+
+
+FAMILIES = {"int8": int8_cases, "lowbit": lowbit_cases}
+
+
 def minilm_case(device: str):
     """MiniLM end to end (batch 32, sequence 128): Int8Config against the float model and, on CPU,
     torch.ao dynamic quantization of the same model; with the embedding fidelity of each."""
@@ -180,11 +235,11 @@ def measured_peak(device: str) -> dict:
 
 @torch.inference_mode()
 def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
-    if family != "int8":
-        raise SystemExit(f"benchmarks.run: --family must be one of: int8 (got {family!r})")
+    if family not in FAMILIES:
+        raise SystemExit(f"benchmarks.run: --family must be one of: {', '.join(FAMILIES)} (got {family!r})")
     peak = measured_peak(device)
     rows = []
-    for case, M, N, K, candidates, baselines in int8_cases(device, quick):
+    for case, M, N, K, candidates, baselines in FAMILIES[family](device, quick):
         ops = 2 * M * N * K
         times = {name: time_fn(fn, device) for name, fn in {**candidates, **baselines}.items()}
         for name in candidates:
