@@ -11,7 +11,8 @@
 //   ternary_weight_mm: out[m, n] = alpha[n] * sum_k x[m, k] * t[n, k] + bias[n], t the 2-bit code of k
 //     (0b00: 0, 0b01: +1, 0b11: -1).
 // All tensors are dense row-major device buffers; no alignment is assumed (aligned inputs take the
-// vectorised paths). Launchers enqueue on `stream` and return the launch error, if any.
+// vectorised paths). Any M, N >= 0 and 1 <= K <= 2^31 - 32 are accepted. Launchers enqueue on `stream`
+// and return the launch error, if any (cudaErrorInvalidValue for arguments outside these ranges).
 #pragma once
 
 #include <cstdint>
