@@ -15,28 +15,16 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "pycompress/cuda_common.cuh"
 #include "pycompress/int8_cuda.h"
 
 namespace pycompress {
 namespace {
 
-// The build passes --use_fast_math, which flushes subnormals even in the __f*_rn intrinsics; the
-// contract fixes these operations as IEEE float32 (with subnormals), so they are written in PTX.
+// In PTX for the same reason as ieee_mul (cuda_common.cuh): --use_fast_math would flush subnormals.
 __device__ __forceinline__ float ieee_div(float a, float b) {
   float r;
   asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
-__device__ __forceinline__ float ieee_mul(float a, float b) {
-  float r;
-  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
-__device__ __forceinline__ float ieee_add(float a, float b) {
-  float r;
-  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
 }
 
@@ -60,15 +48,6 @@ __device__ __forceinline__ __half bits_as<__half>(unsigned short bits) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 bits_as<__nv_bfloat16>(unsigned short bits) {
   return __ushort_as_bfloat16(bits);
-}
-
-template <typename T>
-__host__ __device__ constexpr T ceil_div(T a, T b) {
-  return (a + b - 1) / b;
-}
-
-inline bool is_aligned(const void* p, uintptr_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -250,7 +229,7 @@ constexpr int kSmemBytes = kStages * kStageBytes;
 // Blocks walk kGroupM tile rows at a time, so that concurrently running blocks share A and B tiles in L2.
 constexpr int kGroupM = 8;
 
-static_assert(kBK == 64, "the swizzle assumes 64-byte tile rows (4 chunks of 16 bytes)");
+static_assert(kBK == kSwizzleRowBytes, "tile rows are swizzled as whole 64-byte rows");
 static_assert(kNI % 2 == 0, "B fragments are loaded two n8 tiles per ldmatrix.x4");
 static_assert((kBM * kBK / 16) % kThreads == 0 && (kBN * kBK / 16) % kThreads == 0,
               "every thread copies the same number of 16-byte chunks");
@@ -268,42 +247,6 @@ struct Int8MmArgs {
   Int8Dtype bias_dtype;
   bool paired_store;  // N even and out aligned to two elements: store column pairs at once
 };
-
-// Byte offset of 16-byte chunk `chunk` (0..3) of tile row `row`. One ldmatrix phase reads the same
-// chunk of 8 consecutive rows; XOR-ing the chunk with (row / 2) % 4 spreads those 8 reads over all 8
-// 16-byte bank groups (without it, 64-byte rows would make them a 4-way bank conflict).
-__device__ __forceinline__ uint32_t swizzle(int row, int chunk) {
-  return static_cast<uint32_t>(row * kBK + ((chunk ^ ((row >> 1) & 3)) << 4));
-}
-
-// src_bytes == 0 zero-fills the 16 bytes without reading global memory.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(__cvta_generic_to_global(src)), "r"(src_bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void st_shared_16(uint32_t dst, const uint32_t (&w)[4]) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(w[0]), "r"(w[1]),
-               "r"(w[2]), "r"(w[3])
-               : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 
 __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
@@ -358,20 +301,6 @@ __device__ __forceinline__ float load_bias(const void* bias, Int8Dtype dtype, in
     default:
       return static_cast<const float*>(bias)[i];
   }
-}
-
-__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ void store_out_pair(float* p, float v0, float v1) {
-  *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-}
-__device__ __forceinline__ void store_out_pair(__half* p, float v0, float v1) {
-  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(v0, v1);
-}
-__device__ __forceinline__ void store_out_pair(__nv_bfloat16* p, float v0, float v1) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1);
 }
 
 template <bool kAligned, typename Out>

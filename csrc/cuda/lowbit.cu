@@ -14,39 +14,18 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "pycompress/cuda_common.cuh"
 #include "pycompress/lowbit_cuda.h"
 
 namespace pycompress {
 namespace {
 
-// The build passes --use_fast_math, which flushes float32 subnormals in ordinary arithmetic; products
-// and sums of (b)float16 or float32 inputs may be subnormal, so the arithmetic that produces results
-// is written in PTX, which keeps them.
-__device__ __forceinline__ float ieee_mul(float a, float b) {
-  float r;
-  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
-__device__ __forceinline__ float ieee_add(float a, float b) {
-  float r;
-  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
+// In PTX for the same reason as ieee_mul (cuda_common.cuh): products and sums of (b)float16 or
+// float32 inputs may be subnormal, and --use_fast_math would flush them.
 __device__ __forceinline__ float ieee_fma(float a, float b, float c) {
   float r;
   asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
   return r;
-}
-
-template <typename T>
-__host__ __device__ constexpr T ceil_div(T a, T b) {
-  return (a + b - 1) / b;
-}
-
-inline bool is_aligned(const void* p, uintptr_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
 // bfloat16 is the upper half of a float32, so widening is a shift and keeps subnormals.
@@ -54,20 +33,6 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) {
   return __uint_as_float(static_cast<uint32_t>(__bfloat16_as_ushort(v)) << 16);
-}
-
-__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_out(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store_out(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ void store_out_pair(float* p, float v0, float v1) {
-  *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-}
-__device__ __forceinline__ void store_out_pair(__half* p, float v0, float v1) {
-  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(v0, v1);
-}
-__device__ __forceinline__ void store_out_pair(__nv_bfloat16* p, float v0, float v1) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v0, v1);
 }
 
 __device__ __forceinline__ float load_bias(const void* bias, LowbitDtype dtype, int64_t i) {
@@ -500,7 +465,7 @@ constexpr int kSmemBytes = kStages * kStageBytes;
 // Blocks walk kGroupM tile rows at a time, so that concurrently running blocks share tiles in L2.
 constexpr int kGroupM = 8;
 
-static_assert(kBKBytes == 64, "the swizzle assumes 64-byte tile rows (4 chunks of 16 bytes)");
+static_assert(kBKBytes == kSwizzleRowBytes, "tile rows are swizzled as whole 64-byte rows");
 static_assert(kNI % 2 == 0, "B fragments are loaded two n8 tiles per ldmatrix.x4");
 static_assert((kBM * kBKBytes / 16) % kThreads == 0 && (kBN * kBKBytes / 16) % kThreads == 0,
               "every thread copies the same number of 16-byte chunks");
@@ -520,42 +485,6 @@ struct BinaryMmArgs {
   LowbitDtype bias_dtype;
   bool paired_store;  // N even and out aligned to two elements: store column pairs at once
 };
-
-// Byte offset of 16-byte chunk `chunk` (0..3) of tile row `row`. One ldmatrix phase reads the same
-// chunk of 8 consecutive rows; XOR-ing the chunk with (row / 2) % 4 spreads those reads over all 8
-// 16-byte bank groups.
-__device__ __forceinline__ uint32_t swizzle(int row, int chunk) {
-  return static_cast<uint32_t>(row * kBKBytes + ((chunk ^ ((row >> 1) & 3)) << 4));
-}
-
-// src_bytes == 0 zero-fills the 16 bytes without reading global memory.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
-               "l"(__cvta_generic_to_global(src)), "r"(src_bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-__device__ __forceinline__ void st_shared_16(uint32_t dst, const uint32_t (&w)[4]) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst), "r"(w[0]), "r"(w[1]),
-               "r"(w[2]), "r"(w[3])
-               : "memory");
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 
 // d += popc(a xor b). sm_90 has no XOR BMMA: ptxas would lower the .xor form to two AND BMMAs,
 // popc(a & ~b) + popc(~a & b), inside a subroutine called once per mma. The kernel issues that pair
