@@ -51,8 +51,11 @@ std::vector<std::pair<std::string, bool>> feature_flags() {
   };
 }
 
-Isa int8_isa() {
-  const bool avx2 = avx2_usable(features());
+namespace {
+
+// PYCOMPRESS_CPU_ISA applied to a family whose AVX2 path this CPU can run or not (avx2); lacks names the
+// features that path needs, for the error.
+Isa choose_isa(bool avx2, const char* lacks) {
   const char* env = std::getenv("PYCOMPRESS_CPU_ISA");
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) {
     return avx2 ? Isa::kAvx2 : Isa::kScalar;
@@ -61,10 +64,19 @@ Isa int8_isa() {
     return Isa::kScalar;
   }
   if (std::strcmp(env, "avx2") == 0) {
-    TORCH_CHECK(avx2, "PYCOMPRESS_CPU_ISA=avx2, but this CPU lacks AVX2 or F16C");
+    TORCH_CHECK(avx2, "PYCOMPRESS_CPU_ISA=avx2, but this CPU lacks ", lacks);
     return Isa::kAvx2;
   }
   TORCH_CHECK(false, "PYCOMPRESS_CPU_ISA must be one of auto, scalar, avx2 (got '", env, "')");
+}
+
+}  // namespace
+
+Isa int8_isa() { return choose_isa(avx2_usable(features()), "AVX2 or F16C"); }
+
+Isa lowbit_isa() {
+  const Features& f = features();
+  return choose_isa(avx2_usable(f) && f.fma, "AVX2, F16C or FMA");
 }
 
 std::string int8_mm_path() { return int8_isa() == Isa::kAvx2 ? "avx2" : "scalar"; }

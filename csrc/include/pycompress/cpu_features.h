@@ -5,7 +5,7 @@
 // every call (so a test may change it in-process), overrides the choice:
 //   unset, "" or "auto": the best path this CPU supports;
 //   "scalar": the portable path;
-//   "avx2": the AVX2 path (an error if the CPU lacks AVX2 or F16C).
+//   "avx2": the AVX2 path (an error if the CPU lacks a feature that family's AVX2 path needs).
 #pragma once
 
 #include <string>
@@ -38,5 +38,8 @@ Isa int8_isa();
 
 // int8_isa() as a name: "avx2" or "scalar".
 std::string int8_mm_path();
+
+// The path the low-bit kernels (csrc/cpu/lowbit.cpp) take now; their AVX2 path also needs FMA.
+Isa lowbit_isa();
 
 }  // namespace pycompress::cpu
