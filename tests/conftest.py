@@ -26,3 +26,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    # Each compile test starts from an empty dynamo cache: the same forward methods compiled by many
+    # tests in one process would otherwise hit the recompile limit, which fullgraph=True turns into
+    # an error.
+    torch._dynamo.reset()
