@@ -30,8 +30,9 @@ def _ptq(model, quantizer):
     model = copy.deepcopy(model)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.copy_(quantizer.fake_quantize(module.weight))
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                w = module.weight
+                module.weight.copy_(quantizer.fake_quantize(w.reshape(w.shape[0], -1)).reshape(w.shape))
     return model
 
 
@@ -52,6 +53,20 @@ def test_per_channel_at_least_per_tensor_at_low_bits(dense, split):
         assert _kl_to(dense, per_channel, split) < _kl_to(dense, per_tensor, split)
         if bits == 2:
             assert accuracy(per_channel, split) > accuracy(per_tensor, split) + 0.2
+
+
+def test_per_channel_at_least_per_tensor_cnn():
+    split = load_digits_split(seed=0, image=True)
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 10))
+    cnn = train_classifier(cnn, split, epochs=8, seed=0)
+    assert accuracy(cnn, split) > 0.95
+    for bits in (2, 3):
+        per_tensor = _ptq(cnn, Quantizer(bits, granularity="tensor"))
+        per_channel = _ptq(cnn, Quantizer(bits, granularity="channel"))
+        assert _kl_to(cnn, per_channel, split) < _kl_to(cnn, per_tensor, split)
+        assert accuracy(per_channel, split) >= accuracy(per_tensor, split)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -76,6 +91,18 @@ def test_binary_w1a1_network_reaches_90_percent(split):
     packed = convert(model)
     assert isinstance(packed[2], pycompress.BinaryLinear) and packed[2].activations == "binary"
     assert accuracy(packed, split) >= 0.90
+
+
+def test_mixed_precision_config_round_trip(dense, split, tmp_path):
+    plan = {"0": 3, "2": 6, "4": 8}
+    model = pycompress.compress_(copy.deepcopy(dense), pycompress.MixedPrecisionConfig(plan=plan))
+    assert all(isinstance(model[int(i)], pycompress.WeightOnlyInt8Linear) for i in plan)
+    assert model[0].qweight.abs().max().item() <= 3  # 3-bit codes
+    pycompress.save(model, tmp_path / "m")
+    loaded = pycompress.load(tmp_path / "m", copy.deepcopy(dense))
+    assert torch.equal(loaded(split.x_test), model(split.x_test))
+    with pytest.raises(ValueError, match=r"MixedPrecisionConfig: plan\['0'\] must be bits in 2..8 \(got 1\)"):
+        pycompress.MixedPrecisionConfig(plan={"0": 1})
 
 
 def test_ternary_post_training_keeps_95_percent(dense, split):
