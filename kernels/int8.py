@@ -4,42 +4,18 @@ The launchers assume the Python op layer has already validated the inputs (devic
 contiguity, non-empty shapes); they only assert cheap invariants, allocate the outputs and launch.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ._common import (
+    ELEMENTWISE_TILE, INTERPRET, aligned, dequantized_gemm_aot, gemm_config, grouped_output_tile,
+    launch_dequantized_gemm, store_dequantized, to_float32,
+)
 
 # Adding then subtracting 1.5 * 2^23 leaves an integer rounded half-to-even in float32 arithmetic,
 # exactly for |v| <= 2^22; the quantized values never exceed 127 in magnitude.
 _RINT_MAGIC = tl.constexpr(12582912.0)
-
-
-@triton.jit
-def _to_float32(x):
-    """Exact upcast to float32.
-
-    bfloat16 is widened by a 16-bit shift, which is what the hardware does; the Triton interpreter's
-    own conversion mishandles bfloat16 subnormals.
-    """
-    if x.dtype == tl.bfloat16:
-        return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
-def _to_bfloat16_rne(x):
-    """float32 -> bfloat16 rounded to nearest even (NaN -> quiet NaN), in integer arithmetic.
-
-    Matches the hardware conversion and torch's; the Triton interpreter truncates instead.
-    """
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    rounded = tl.where(x == x, rounded, 0x7FC0)
-    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -76,14 +52,14 @@ def _quantize_per_token_kernel(
     # row holding NaN or Inf gets the same treatment anyway.
     if SINGLE_TILE:
         tile_mask = row_ok[:, None] & (cols[None, :] < K)
-        x = _to_float32(tl.load(x_rows + cols[None, :], mask=tile_mask, other=0.0))
+        x = to_float32(tl.load(x_rows + cols[None, :], mask=tile_mask, other=0.0))
         ax = tl.abs(x)
         amax = tl.max(tl.where(ax == ax, ax, float("inf")), axis=1)
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             tile_mask = row_ok[:, None] & ((k0 + cols)[None, :] < K)
-            xk = _to_float32(tl.load(x_rows + (k0 + cols)[None, :], mask=tile_mask, other=0.0))
+            xk = to_float32(tl.load(x_rows + (k0 + cols)[None, :], mask=tile_mask, other=0.0))
             ax = tl.abs(xk)
             amax = tl.maximum(amax, tl.max(tl.where(ax == ax, ax, float("inf")), axis=1))
 
@@ -105,7 +81,7 @@ def _quantize_per_token_kernel(
     else:
         for k0 in range(0, K, BLOCK_K):
             tile_mask = row_ok[:, None] & ((k0 + cols)[None, :] < K)
-            xk = _to_float32(tl.load(x_rows + (k0 + cols)[None, :], mask=tile_mask, other=0.0))
+            xk = to_float32(tl.load(x_rows + (k0 + cols)[None, :], mask=tile_mask, other=0.0))
             v = xk * inv[:, None]
             v = tl.where(v == v, v, 0.0)
             r = (v + _RINT_MAGIC) - _RINT_MAGIC
@@ -132,21 +108,8 @@ def _int8_mm_kernel(
     Programs walk GROUP_M row-blocks per column-block so that neighbouring programs share A and B
     tiles in L2.
     """
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * num_pid_n
-    group_first_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(num_pid_m - group_first_m, GROUP_M)
-    pid_in_group = pid % programs_per_group
-    pid_m = group_first_m + pid_in_group % group_rows
-    pid_n = pid_in_group // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_ok, n_ok = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_k = tl.arange(0, BLOCK_K)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :]
     b_ptrs = b_ptr + offs_n.to(tl.int64)[None, :] * stride_bn + offs_k[:, None]
 
@@ -159,56 +122,36 @@ def _int8_mm_kernel(
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
 
-    a_scale = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)
-    b_scale = tl.load(b_scale_ptr + offs_n, mask=n_ok, other=0.0)
-    c = (acc.to(tl.float32) * a_scale[:, None]) * b_scale[None, :]
-    if HAS_BIAS:
-        bias = _to_float32(tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0))
-        c = c + bias[None, :]
-    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
-    c_mask = m_ok[:, None] & n_ok[None, :]
-    if c_ptr.dtype.element_ty == tl.bfloat16:
-        tl.store(c_ptrs, _to_bfloat16_rne(c), mask=c_mask)
-    else:
-        tl.store(c_ptrs, c.to(c_ptr.dtype.element_ty), mask=c_mask)
+    store_dequantized(c_ptr, stride_cm, acc, a_scale_ptr, b_scale_ptr, bias_ptr,
+                      offs_m, offs_n, m_ok, n_ok, HAS_BIAS)
 
 
-def _mm_config(block_m, block_n, block_k, num_stages, num_warps, group_m=8):
-    return triton.Config(
-        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m},
-        num_stages=num_stages, num_warps=num_warps,
-    )
-
-
-if _INTERPRET:
+if INTERPRET:
     # The interpreter runs each program in numpy: a single config of large tiles keeps it fast
     # while test shapes still span several tiles, groups and K steps.
-    _MM_CONFIGS = [_mm_config(64, 64, 64, 1, 4)]
+    _MM_CONFIGS = [gemm_config(1, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64)]
 else:
     # Shared memory per config stays below the sm_80 limit (164 KB); tiles whose M is a multiple
     # of 64 let sm_90 use warpgroup MMA, the 32-row tile serves decode-sized M.
     _MM_CONFIGS = [
-        _mm_config(128, 256, 64, 3, 8),
-        _mm_config(256, 128, 64, 3, 8),
-        _mm_config(128, 128, 128, 3, 8),
-        _mm_config(128, 128, 64, 4, 4),
-        _mm_config(64, 128, 128, 4, 4),
-        _mm_config(128, 64, 128, 4, 4),
-        _mm_config(64, 64, 128, 4, 4),
-        _mm_config(32, 64, 128, 4, 4),
+        gemm_config(3, 8, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64),
+        gemm_config(3, 8, BLOCK_M=256, BLOCK_N=128, BLOCK_K=64),
+        gemm_config(3, 8, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128),
+        gemm_config(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+        gemm_config(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128),
+        gemm_config(4, 4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=128),
+        gemm_config(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128),
+        gemm_config(4, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
     ]
 
 _int8_mm_tuned = triton.autotune(configs=_MM_CONFIGS, key=["M", "N", "K"])(_int8_mm_kernel)
 
-# Elements per quantization tile: register-resident on a GPU, large under the interpreter so that
-# few programs run.
-_QUANT_TILE = 1 << 16 if _INTERPRET else 1 << 12
 _QUANT_MAX_BLOCK_K = 1 << 13
 
 
 def _quantize_launch_params(M, K):
     block_k = min(triton.next_power_of_2(K), _QUANT_MAX_BLOCK_K)
-    block_m = max(1, min(triton.next_power_of_2(M), _QUANT_TILE // block_k))
+    block_m = max(1, min(triton.next_power_of_2(M), ELEMENTWISE_TILE // block_k))
     num_warps = 4 if block_m * block_k <= 4096 else 8
     return block_m, block_k, block_k >= K, num_warps
 
@@ -245,28 +188,7 @@ def int8_mm(
     M, K = a.shape
     N = b.shape[0]
     assert M > 0 and N > 0 and K > 0
-    assert a_scale.dtype == torch.float32 and a_scale.shape == (M,) and a_scale.is_contiguous()
-    assert b_scale.dtype == torch.float32 and b_scale.shape == (N,) and b_scale.is_contiguous()
-    assert bias is None or (bias.shape == (N,) and bias.is_contiguous())
-    assert out_dtype in (torch.float32, torch.float16, torch.bfloat16)
-    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-    # The bias pointer is never read without HAS_BIAS; b_scale stands in as a valid address.
-    _int8_mm_tuned[grid](
-        a, b, a_scale, b_scale, b_scale if bias is None else bias, out,
-        M, N, K, a.stride(0), b.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None,
-        enable_fp_fusion=False,
-    )
-    return out
-
-
-def _aligned(fn, names):
-    """Compile attributes promising 16-divisibility, as the JIT infers for aligned arguments."""
-    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in names}
+    return launch_dequantized_gemm(_int8_mm_tuned, a, b, (K,), a_scale, b_scale, bias, out_dtype)
 
 
 def _quantize_aot(x_type, single_tile):
@@ -280,8 +202,8 @@ def _quantize_aot(x_type, single_tile):
             "BLOCK_M": "constexpr", "BLOCK_K": "constexpr", "SINGLE_TILE": "constexpr",
         },
         "constexprs": {"BLOCK_M": block_m, "BLOCK_K": block_k, "SINGLE_TILE": single_tile},
-        "attrs": _aligned(_quantize_per_token_kernel,
-                          ["x_ptr", "q_ptr", "scale_ptr", "K", "stride_xm", "stride_qm"]),
+        "attrs": aligned(_quantize_per_token_kernel,
+                         ["x_ptr", "q_ptr", "scale_ptr", "K", "stride_xm", "stride_qm"]),
         "options": {"num_warps": 4 if single_tile else 8, "enable_fp_fusion": False},
         "sass": {},
         "ptx_absent": ("fma.",),
@@ -289,29 +211,10 @@ def _quantize_aot(x_type, single_tile):
 
 
 def _int8_mm_aot(config, out_type="*fp16", bias_type="*fp16"):
-    meta = config.kwargs
-    return {
-        "name": "int8_mm_{BLOCK_M}x{BLOCK_N}x{BLOCK_K}".format(**meta)
-                + f"_s{config.num_stages}_w{config.num_warps}_{out_type[1:]}"
-                + ("" if bias_type is None else f"_bias_{bias_type[1:]}"),
-        "fn": _int8_mm_kernel,
-        "signature": {
-            "a_ptr": "*i8", "b_ptr": "*i8", "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32",
-            "bias_ptr": bias_type or "*fp32", "c_ptr": out_type,
-            "M": "i32", "N": "i32", "K": "i32",
-            "stride_am": "i32", "stride_bn": "i32", "stride_cm": "i32",
-            "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-            "BLOCK_K": "constexpr", "GROUP_M": "constexpr",
-        },
-        "constexprs": {"HAS_BIAS": bias_type is not None, **meta},
-        "attrs": _aligned(_int8_mm_kernel,
-                          ["a_ptr", "b_ptr", "a_scale_ptr", "b_scale_ptr", "bias_ptr", "c_ptr",
-                           "K", "stride_am", "stride_bn", "stride_cm"]),
-        "options": {"num_warps": config.num_warps, "num_stages": config.num_stages,
-                    "enable_fp_fusion": False},
-        "sass": {80: ("IMMA",), 90: ("IGMMA", "IMMA")},
-        "ptx_absent": ("fma.",),
-    }
+    return dequantized_gemm_aot(
+        _int8_mm_kernel, "int8_mm_{BLOCK_M}x{BLOCK_N}x{BLOCK_K}".format(**config.kwargs), config,
+        "*i8", out_type, bias_type, aligned_sizes=("K",), sass={80: ("IMMA",), 90: ("IGMMA", "IMMA")},
+    )
 
 
 # Concrete specializations compiled ahead of time for sm_80/sm_90 by the test suite.  "sass" maps a

@@ -10,21 +10,20 @@ The launchers assume the Python op layer has already validated the inputs (devic
 contiguity, non-empty shapes); they only assert cheap invariants, allocate the outputs and launch.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import libdevice
 
-from .int8 import _to_bfloat16_rne, _to_float32
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ._common import (
+    ELEMENTWISE_TILE, INTERPRET, aligned, dequantized_gemm_aot, gemm_config, gemm_grid,
+    grouped_output_tile, launch_dequantized_gemm, store_dequantized, store_output_tile, to_float32,
+)
 
 # The interpreter has no libdevice popc and computes bfloat16 dot products wrongly: under it the
 # popcount is done with shifts and masks, and dot operands are upcast to float32.
-_SWAR_POPCOUNT = tl.constexpr(_INTERPRET)
-_DOT_IN_FP32 = tl.constexpr(_INTERPRET)
+_SWAR_POPCOUNT = tl.constexpr(INTERPRET)
+_DOT_IN_FP32 = tl.constexpr(INTERPRET)
 
 # Where the weight scales of the weight-only GEMM are applied.
 _SCALE_PER_CHANNEL = tl.constexpr(0)  # scale [N]: once, in the epilogue
@@ -54,15 +53,6 @@ def _popcount(x):
 
 
 @triton.jit
-def _store_rounded(ptrs, value, mask):
-    """Store float32 values rounded to nearest even into the element type of ptrs."""
-    if ptrs.dtype.element_ty == tl.bfloat16:
-        tl.store(ptrs, _to_bfloat16_rne(value), mask=mask)
-    else:
-        tl.store(ptrs, value.to(ptrs.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def _pack_bits_kernel(
     x_ptr, out_ptr,
     M, K, W,
@@ -84,7 +74,7 @@ def _pack_bits_kernel(
     row_ok = rows < M
     x_ptrs = x_ptr + rows.to(tl.int64)[:, None, None] * stride_xm + cols[None, :, :]
     x = tl.load(x_ptrs, mask=row_ok[:, None, None] & (cols < K)[None, :, :], other=0)
-    negative = (_to_float32(x) < 0.0).to(tl.uint32)
+    negative = (to_float32(x) < 0.0).to(tl.uint32)
     # The shifted bits are distinct powers of two, so their sum is their OR (and the sum reduction
     # is vectorised by the interpreter, unlike a custom OR combine).
     packed = tl.sum(negative << bit.to(tl.uint32)[None, None, :], axis=2)
@@ -110,21 +100,8 @@ def _binary_mm_kernel(
     int8_mm's: float32, operation by operation (compiled with enable_fp_fusion=False), bias upcast,
     c rounded to nearest even; programs walk GROUP_M row-blocks per column-block for L2 reuse.
     """
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * num_pid_n
-    group_first_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(num_pid_m - group_first_m, GROUP_M)
-    pid_in_group = pid % programs_per_group
-    pid_m = group_first_m + pid_in_group % group_rows
-    pid_n = pid_in_group // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_ok, n_ok = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_w = tl.arange(0, BLOCK_W)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
     a_ptrs = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_w[None, :]
     b_ptrs = b_ptr + offs_n.to(tl.int64)[:, None] * stride_bn + offs_w[None, :]
 
@@ -144,14 +121,8 @@ def _binary_mm_kernel(
         b_ptrs += BLOCK_W
 
     dot = K - 2 * acc
-    a_scale = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)
-    b_scale = tl.load(b_scale_ptr + offs_n, mask=n_ok, other=0.0)
-    c = (dot.to(tl.float32) * a_scale[:, None]) * b_scale[None, :]
-    if HAS_BIAS:
-        bias = _to_float32(tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0))
-        c = c + bias[None, :]
-    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
-    _store_rounded(c_ptrs, c, m_ok[:, None] & n_ok[None, :])
+    store_dequantized(c_ptr, stride_cm, dot, a_scale_ptr, b_scale_ptr, bias_ptr,
+                      offs_m, offs_n, m_ok, n_ok, HAS_BIAS)
 
 
 @triton.jit
@@ -210,21 +181,8 @@ def _weight_only_mm_kernel(
     tl.static_assert(not (USE_DOT and SCALE_MODE == _SCALE_PER_ELEMENT))
     TILE_K: tl.constexpr = BLOCK_K if BLOCK_K < K_TILE_CAP else K_TILE_CAP
 
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * num_pid_n
-    group_first_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(num_pid_m - group_first_m, GROUP_M)
-    pid_in_group = pid % programs_per_group
-    pid_m = group_first_m + pid_in_group % group_rows
-    pid_n = pid_in_group // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_ok, n_ok = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_k = tl.arange(0, TILE_K)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
     x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
     scale_rows = scale_ptr + offs_n.to(tl.int64) * stride_sn
 
@@ -237,15 +195,15 @@ def _weight_only_mm_kernel(
             group = (k0 + offs_k) // GS
             scale = tl.load(scale_rows[None, :] + group[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             wf = w.to(tl.float32) * scale
-            acc += tl.sum(_to_float32(x)[:, :, None] * wf[None, :, :], axis=1)
+            acc += tl.sum(to_float32(x)[:, :, None] * wf[None, :, :], axis=1)
         else:
             if USE_DOT:
                 if _DOT_IN_FP32 or x.dtype == tl.float32:
-                    part = tl.dot(_to_float32(x), w.to(tl.float32), input_precision="ieee")
+                    part = tl.dot(to_float32(x), w.to(tl.float32), input_precision="ieee")
                 else:
                     part = tl.dot(x, w.to(x.dtype))
             else:
-                part = tl.sum(_to_float32(x)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+                part = tl.sum(to_float32(x)[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
             if SCALE_MODE == _SCALE_PER_TILE:
                 part = part * tl.load(scale_rows + k0 // GS, mask=n_ok, other=0.0)[None, :]
             acc += part
@@ -253,14 +211,7 @@ def _weight_only_mm_kernel(
 
     if SCALE_MODE == _SCALE_PER_CHANNEL:
         acc = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc = acc + _to_float32(tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0))[None, :]
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    _store_rounded(y_ptrs, acc, m_ok[:, None] & n_ok[None, :])
-
-
-def _config(num_stages, num_warps, **blocks):
-    return triton.Config({**blocks, "GROUP_M": 8}, num_stages=num_stages, num_warps=num_warps)
+    store_output_tile(y_ptr, stride_ym, acc, bias_ptr, offs_m, offs_n, m_ok, n_ok, HAS_BIAS)
 
 
 # Rows up to which the weight-only GEMM broadcasts and reduces instead of calling tl.dot, whose
@@ -271,40 +222,40 @@ _REDUCE_MAX_M = 4
 # streaming the weights once; the larger tiles serve prefill (64-row multiples let sm_90 use
 # warpgroup MMA).
 _WO_DOT_GPU_CONFIGS = [
-    _config(4, 4, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128),
-    _config(4, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
-    _config(3, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
-    _config(4, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
-    _config(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
-    _config(3, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64),
-    _config(3, 8, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
-    _config(3, 8, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64),
+    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128),
+    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128),
+    gemm_config(3, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=256),
+    gemm_config(4, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=128),
+    gemm_config(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
+    gemm_config(3, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64),
+    gemm_config(3, 8, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+    gemm_config(3, 8, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64),
 ]
 # BLOCK_M comes from the launcher: the next power of two of M, at most _REDUCE_MAX_M.
 _WO_REDUCE_GPU_CONFIGS = [
-    _config(4, 4, BLOCK_N=16, BLOCK_K=128),
-    _config(4, 4, BLOCK_N=32, BLOCK_K=64),
-    _config(4, 4, BLOCK_N=32, BLOCK_K=128),
-    _config(4, 4, BLOCK_N=64, BLOCK_K=128),
-    _config(4, 4, BLOCK_N=16, BLOCK_K=256),
-    _config(3, 8, BLOCK_N=64, BLOCK_K=128),
-    _config(3, 8, BLOCK_N=32, BLOCK_K=256),
+    gemm_config(4, 4, BLOCK_N=16, BLOCK_K=128),
+    gemm_config(4, 4, BLOCK_N=32, BLOCK_K=64),
+    gemm_config(4, 4, BLOCK_N=32, BLOCK_K=128),
+    gemm_config(4, 4, BLOCK_N=64, BLOCK_K=128),
+    gemm_config(4, 4, BLOCK_N=16, BLOCK_K=256),
+    gemm_config(3, 8, BLOCK_N=64, BLOCK_K=128),
+    gemm_config(3, 8, BLOCK_N=32, BLOCK_K=256),
 ]
 _BINARY_MM_GPU_CONFIGS = [
-    _config(3, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_W=8),
-    _config(3, 4, BLOCK_M=32, BLOCK_N=32, BLOCK_W=8),
-    _config(3, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_W=4),
-    _config(3, 4, BLOCK_M=64, BLOCK_N=32, BLOCK_W=4),
-    _config(3, 8, BLOCK_M=64, BLOCK_N=64, BLOCK_W=4),
-    _config(3, 8, BLOCK_M=128, BLOCK_N=64, BLOCK_W=2),
+    gemm_config(3, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_W=8),
+    gemm_config(3, 4, BLOCK_M=32, BLOCK_N=32, BLOCK_W=8),
+    gemm_config(3, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_W=4),
+    gemm_config(3, 4, BLOCK_M=64, BLOCK_N=32, BLOCK_W=4),
+    gemm_config(3, 8, BLOCK_M=64, BLOCK_N=64, BLOCK_W=4),
+    gemm_config(3, 8, BLOCK_M=128, BLOCK_N=64, BLOCK_W=2),
 ]
 
-if _INTERPRET:
+if INTERPRET:
     # The interpreter runs each program in numpy: single configs of large tiles keep it fast while
     # test shapes still span several tiles and K steps.
-    _WO_DOT_CONFIGS = [_config(1, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=128)]
-    _WO_REDUCE_CONFIGS = [_config(1, 4, BLOCK_N=64, BLOCK_K=128)]
-    _BINARY_MM_CONFIGS = [_config(1, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_W=8)]
+    _WO_DOT_CONFIGS = [gemm_config(1, 4, BLOCK_M=32, BLOCK_N=64, BLOCK_K=128)]
+    _WO_REDUCE_CONFIGS = [gemm_config(1, 4, BLOCK_N=64, BLOCK_K=128)]
+    _BINARY_MM_CONFIGS = [gemm_config(1, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_W=8)]
 else:
     _WO_DOT_CONFIGS = _WO_DOT_GPU_CONFIGS
     _WO_REDUCE_CONFIGS = _WO_REDUCE_GPU_CONFIGS
@@ -369,9 +320,7 @@ def _weight_only_mm(x, w, weight_bits, scale, bias):
     if use_dot and x.dtype == torch.float32:
         k_tile_cap = min(k_tile_cap, _FMA_DOT_MAX_TILE_K)
 
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
+    grid = gemm_grid(M, N)
     args = (x, w, scale, scale if bias is None else bias, y, M, N, K, group_size,
             x.stride(0), w.stride(0), scale.stride(0), y.stride(0))
     meta = dict(WEIGHT_BITS=weight_bits, SCALE_MODE=mode, K_TILE_CAP=k_tile_cap,
@@ -412,11 +361,6 @@ def ternary_weight_mm(
     return _weight_only_mm(x, w_2bit, 2, alpha, bias)
 
 
-# Elements per pack_bits tile: register-resident on a GPU, large under the interpreter so that few
-# programs run.
-_PACK_TILE = 1 << 16 if _INTERPRET else 1 << 12
-
-
 def pack_bits(x: torch.Tensor) -> torch.Tensor:
     """Launch the sign packing of a validated 2-D contiguous float or int8 tensor."""
     assert x.dim() == 2 and x.is_contiguous()
@@ -425,8 +369,8 @@ def pack_bits(x: torch.Tensor) -> torch.Tensor:
     assert M > 0 and K > 0
     W = triton.cdiv(K, 32)
     out = torch.empty((M, W), dtype=torch.int32, device=x.device)
-    block_w = min(triton.next_power_of_2(W), _PACK_TILE // 32)
-    block_m = max(1, min(triton.next_power_of_2(M), _PACK_TILE // (32 * block_w)))
+    block_w = min(triton.next_power_of_2(W), ELEMENTWISE_TILE // 32)
+    block_m = max(1, min(triton.next_power_of_2(M), ELEMENTWISE_TILE // (32 * block_w)))
     _pack_bits_kernel[(triton.cdiv(M, block_m), triton.cdiv(W, block_w))](
         x, out, M, K, W, x.stride(0), out.stride(0), BLOCK_M=block_m, BLOCK_W=block_w,
         num_warps=4,
@@ -450,28 +394,8 @@ def binary_mm(
     M, W = a_bits.shape
     N = b_bits.shape[0]
     assert M > 0 and N > 0 and K > 0 and W == triton.cdiv(K, 32) and b_bits.shape[1] == W
-    assert a_scale.dtype == torch.float32 and a_scale.shape == (M,) and a_scale.is_contiguous()
-    assert b_scale.dtype == torch.float32 and b_scale.shape == (N,) and b_scale.is_contiguous()
-    assert bias is None or (bias.shape == (N,) and bias.is_contiguous())
-    assert out_dtype in (torch.float32, torch.float16, torch.bfloat16)
-    out = torch.empty((M, N), dtype=out_dtype, device=a_bits.device)
-
-    def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-    # The bias pointer is never read without HAS_BIAS; b_scale stands in as a valid address.
-    _binary_mm_tuned[grid](
-        a_bits, b_bits, a_scale, b_scale, b_scale if bias is None else bias, out,
-        M, N, K, W, a_bits.stride(0), b_bits.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None,
-        enable_fp_fusion=False,
-    )
-    return out
-
-
-def _aligned(fn, names):
-    """Compile attributes promising 16-divisibility, as the JIT infers for aligned arguments."""
-    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in names}
+    return launch_dequantized_gemm(_binary_mm_tuned, a_bits, b_bits, (K, W), a_scale, b_scale, bias,
+                                   out_dtype)
 
 
 def _pack_bits_aot(x_type):
@@ -483,36 +407,17 @@ def _pack_bits_aot(x_type):
             "stride_xm": "i32", "stride_om": "i32", "BLOCK_M": "constexpr", "BLOCK_W": "constexpr",
         },
         "constexprs": {"BLOCK_M": 4, "BLOCK_W": 32},
-        "attrs": _aligned(_pack_bits_kernel, ["x_ptr", "out_ptr", "K", "stride_xm", "stride_om"]),
+        "attrs": aligned(_pack_bits_kernel, ["x_ptr", "out_ptr", "K", "stride_xm", "stride_om"]),
         "options": {"num_warps": 4},
         "sass": {},
     }
 
 
 def _binary_mm_aot(config, out_type="*fp32", bias_type="*fp32"):
-    meta = config.kwargs
-    return {
-        "name": "binary_mm_{BLOCK_M}x{BLOCK_N}x{BLOCK_W}w".format(**meta)
-                + f"_s{config.num_stages}_w{config.num_warps}_{out_type[1:]}"
-                + ("" if bias_type is None else f"_bias_{bias_type[1:]}"),
-        "fn": _binary_mm_kernel,
-        "signature": {
-            "a_ptr": "*i32", "b_ptr": "*i32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32",
-            "bias_ptr": bias_type or "*fp32", "c_ptr": out_type,
-            "M": "i32", "N": "i32", "K": "i32", "W": "i32",
-            "stride_am": "i32", "stride_bn": "i32", "stride_cm": "i32",
-            "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-            "BLOCK_W": "constexpr", "GROUP_M": "constexpr",
-        },
-        "constexprs": {"HAS_BIAS": bias_type is not None, **meta},
-        "attrs": _aligned(_binary_mm_kernel,
-                          ["a_ptr", "b_ptr", "a_scale_ptr", "b_scale_ptr", "bias_ptr", "c_ptr",
-                           "stride_am", "stride_bn", "stride_cm"]),
-        "options": {"num_warps": config.num_warps, "num_stages": config.num_stages,
-                    "enable_fp_fusion": False},
-        "sass": {80: ("POPC",), 90: ("POPC",)},
-        "ptx_absent": ("fma.",),
-    }
+    return dequantized_gemm_aot(
+        _binary_mm_kernel, "binary_mm_{BLOCK_M}x{BLOCK_N}x{BLOCK_W}w".format(**config.kwargs), config,
+        "*i32", out_type, bias_type, aligned_sizes=(), sass={80: ("POPC",), 90: ("POPC",)},
+    )
 
 
 _WEIGHT_FORMATS = {8: ("int8", "*i8"), 1: ("binary", "*i32"), 2: ("ternary", "*i32")}
@@ -540,9 +445,9 @@ def _weight_only_aot(weight_bits, x_type, config, use_dot, scale_mode=0, k_tile_
         },
         "constexprs": {"WEIGHT_BITS": weight_bits, "SCALE_MODE": scale_mode, "K_TILE_CAP": k_tile_cap,
                        "HAS_BIAS": True, "USE_DOT": use_dot, **meta},
-        "attrs": _aligned(_weight_only_mm_kernel,
-                          ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "y_ptr", "K",
-                           "stride_xm", "stride_wn", "stride_ym"]),
+        "attrs": aligned(_weight_only_mm_kernel,
+                         ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "y_ptr", "K",
+                          "stride_xm", "stride_wn", "stride_ym"]),
         "options": {"num_warps": config.num_warps, "num_stages": config.num_stages},
         "sass": {80: ("HMMA",), 90: ("HGMMA", "HMMA")} if tensor_cores else {},
     }
