@@ -23,26 +23,21 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "pycompress/cpu_features.h"
+#include "pycompress/cpu_kernels.h"
 
 namespace pycompress::cpu {
 namespace {
 
 constexpr uint32_t kAbsMask = 0x7fffffffu;
 constexpr uint32_t kInfBits = 0x7f800000u;
-
-inline float to_float(float v) { return v; }
-inline float to_float(c10::Half v) { return static_cast<float>(v); }
-inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
 inline uint32_t float_bits(float v) {
   uint32_t u;
@@ -103,17 +98,6 @@ void quantize_row_scalar(const T* x, int64_t K, int8_t* q, float* scale) {
 
 // ---------------------------------------------------------------------------------------------------
 // AVX2 quantize_per_token
-
-#define PYC_AVX2 __attribute__((target("avx2,f16c")))
-
-PYC_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-PYC_AVX2 inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-PYC_AVX2 inline __m256 load8(const c10::BFloat16* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
 
 PYC_AVX2 inline __m256i quantize8(__m256 x, __m256 inv) {
   __m256 r = _mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -232,22 +216,14 @@ inline void store_scalar(const Epilogue& ep, int64_t m, int64_t n, int32_t acc) 
 template <typename OutT>
 void int8_mm_scalar(const int8_t* a, const int8_t* b, int64_t M, int64_t N, int64_t K, const Epilogue& ep) {
   const int64_t chunk = std::max<int64_t>(1, (64 * 1024) / std::max<int64_t>(K, 1));
-  const int64_t nchunks = (N + chunk - 1) / chunk;
-  at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t n_end = std::min(N, (c + 1) * chunk);
-      for (int64_t m = 0; m < M; ++m) {
-        const int8_t* ar = a + m * K;
-        for (int64_t n = c * chunk; n < n_end; ++n) {
-          const int8_t* br = b + n * K;
-          int32_t acc = 0;
-          for (int64_t k = 0; k < K; ++k) {
-            acc += static_cast<int32_t>(ar[k]) * static_cast<int32_t>(br[k]);
-          }
-          store_scalar<OutT>(ep, m, n, acc);
-        }
-      }
+  for_each_by_b_blocks(M, N, chunk, [&](int64_t m, int64_t n) {
+    const int8_t* ar = a + m * K;
+    const int8_t* br = b + n * K;
+    int32_t acc = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      acc += static_cast<int32_t>(ar[k]) * static_cast<int32_t>(br[k]);
     }
+    store_scalar<OutT>(ep, m, n, acc);
   });
 }
 
@@ -262,20 +238,6 @@ constexpr int64_t kMC = 96;    // M block of the packed path, a multiple of kBcM
 constexpr int64_t kNC = 128;   // N block of the packed path, a multiple of kBcNR
 // Below this many rows the direct path wins (measured on Zen 3): b is read once, without packing.
 constexpr int64_t kDirectMaxM = 32;
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-struct AlignedFree {
-  void operator()(void* p) const { std::free(p); }
-};
-
-template <typename T>
-std::unique_ptr<T[], AlignedFree> aligned_buffer(int64_t count) {
-  const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(count, 1) * sizeof(T), 64));
-  void* p = std::aligned_alloc(64, bytes);
-  TORCH_CHECK(p != nullptr, "int8_mm: out of memory for a ", bytes, "-byte packing buffer");
-  return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(p));
-}
 
 // Sums each of four vectors across its lanes: [sum(v0), sum(v1), sum(v2), sum(v3)].
 PYC_AVX2 inline __m128i hsum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
@@ -340,36 +302,7 @@ PYC_AVX2 inline void store4(const Epilogue& ep, int64_t m, int64_t n, int cols, 
   if (!ep.bias.empty()) {
     v = _mm_add_ps(v, _mm_loadu_ps(ep.bias.data() + n));
   }
-  OutT* dst = static_cast<OutT*>(ep.out) + m * ep.N + n;
-  if constexpr (std::is_same_v<OutT, float>) {
-    if (cols == kNR) {
-      _mm_storeu_ps(dst, v);
-    } else {
-      alignas(16) float tmp[kNR];
-      _mm_store_ps(tmp, v);
-      std::memcpy(dst, tmp, cols * sizeof(float));
-    }
-  } else {
-    __m128i h;
-    if constexpr (std::is_same_v<OutT, c10::Half>) {
-      h = _mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    } else {
-      // Round to nearest even on the bit pattern, NaN to the canonical quiet NaN, like c10::BFloat16.
-      const __m128i u = _mm_castps_si128(v);
-      const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
-      __m128i r = _mm_srli_epi32(_mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff))), 16);
-      const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
-      r = _mm_blendv_epi8(r, _mm_set1_epi32(0x7fc0), nan);
-      h = _mm_packus_epi32(r, r);
-    }
-    if (cols == kNR) {
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), h);
-    } else {
-      alignas(16) uint16_t tmp[8];
-      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), h);
-      std::memcpy(dst, tmp, cols * sizeof(uint16_t));
-    }
-  }
+  store_lanes(static_cast<OutT*>(ep.out) + m * ep.N + n, v, cols);
 }
 
 // Sign-extends rows [row0, row0 + rows) x [k0, k0 + kc) of src (int8, stride K) into dst (int16, stride
@@ -403,35 +336,7 @@ PYC_AVX2 inline void store8(const Epilogue& ep, int64_t m, int64_t n, int cols, 
   if (!ep.bias.empty()) {
     v = _mm256_add_ps(v, _mm256_loadu_ps(ep.bias.data() + n));
   }
-  OutT* dst = static_cast<OutT*>(ep.out) + m * ep.N + n;
-  if constexpr (std::is_same_v<OutT, float>) {
-    if (cols == 8) {
-      _mm256_storeu_ps(dst, v);
-    } else {
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, v);
-      std::memcpy(dst, tmp, cols * sizeof(float));
-    }
-  } else {
-    __m128i h;
-    if constexpr (std::is_same_v<OutT, c10::Half>) {
-      h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    } else {
-      const __m256i u = _mm256_castps_si256(v);
-      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-      h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-    }
-    if (cols == 8) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
-    } else {
-      alignas(16) uint16_t tmp[8];
-      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), h);
-      std::memcpy(dst, tmp, cols * sizeof(uint16_t));
-    }
-  }
+  store_lanes(static_cast<OutT*>(ep.out) + m * ep.N + n, v, cols);
 }
 
 // Packs rows [n0, n0 + nc) x [k0, k0 + kc) of b (int8, stride K) for the broadcast micro-kernel: per
@@ -602,8 +507,9 @@ void int8_mm_avx2_packed(const int8_t* a, const int8_t* b, int64_t M, int64_t N,
   const int64_t mblocks = (M + kMC - 1) / kMC;
   const int64_t nblocks = (N + kNC - 1) / kNC;
   at::parallel_for(0, mblocks * nblocks, 1, [&](int64_t begin, int64_t end) {
-    PackBuffers buf{aligned_buffer<int16_t>(kMC * kc_max), aligned_buffer<int16_t>(kNC * kc_max),
-                    aligned_buffer<int32_t>(nkb > 1 ? kMC * kNC : 0)};
+    PackBuffers buf{aligned_buffer<int16_t>(kMC * kc_max, "int8_mm"),
+                    aligned_buffer<int16_t>(kNC * kc_max, "int8_mm"),
+                    aligned_buffer<int32_t>(nkb > 1 ? kMC * kNC : 0, "int8_mm")};
     for (int64_t t = begin; t < end; ++t) {
       packed_block<OutT>(a, b, M, N, K, (t / nblocks) * kMC, (t % nblocks) * kNC, nkb, kc_max, buf, ep);
     }
@@ -617,7 +523,7 @@ PYC_AVX2 void int8_mm_avx2_direct(const int8_t* a, const int8_t* b, int64_t M, i
                                   const Epilogue& ep) {
   const int64_t k16 = K / 16 * 16;
   const int64_t kp = round_up(K, 16);
-  auto a16 = aligned_buffer<int16_t>(M * kp);
+  auto a16 = aligned_buffer<int16_t>(M * kp, "int8_mm");
   pack_int16(a, K, 0, M, M, 0, K, kp, a16.get());
   // The last group of b rows, padded with zero rows, so that the micro-kernel may read kNR rows.
   const int64_t n_full = N / kNR * kNR;

@@ -33,27 +33,20 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "pycompress/cpu_features.h"
+#include "pycompress/cpu_kernels.h"
 
 namespace pycompress::cpu {
 namespace {
 
-#define PYC_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
-inline int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
-
-inline float to_float(float v) { return v; }
-inline float to_float(c10::Half v) { return static_cast<float>(v); }
-inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+// The AVX2 kernels here also use FMA, which lowbit_isa() requires and the shared PYC_AVX2 leaves out.
+#define PYC_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
 
 // Float outputs: c10's conversions round to nearest even.
 template <typename OutT>
@@ -75,17 +68,8 @@ const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_da
 // ---------------------------------------------------------------------------------------------------
 // Activations as float32 rows of kp >= K values, zeros past K.
 
-PYC_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-PYC_AVX2 inline __m256 load8(const c10::Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-PYC_AVX2 inline __m256 load8(const c10::BFloat16* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-
 template <typename T>
-PYC_AVX2 void convert_row_avx2(const T* src, int64_t K, int64_t kp, float* dst) {
+PYC_AVX2_FMA void convert_row_avx2(const T* src, int64_t K, int64_t kp, float* dst) {
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     _mm256_storeu_ps(dst + k, load8(src + k));
@@ -149,7 +133,7 @@ at::Tensor float_rows(const at::Tensor& x, int64_t kp, Isa isa) {
 // Output columns per task: the weight rows of a group stay in L1 while the rows of x pass.
 constexpr int64_t kNG = 8;
 
-PYC_AVX2 inline float hsum(__m256 v) {
+PYC_AVX2_FMA inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -158,7 +142,7 @@ PYC_AVX2 inline float hsum(__m256 v) {
 
 // mask's sign bit ? b : a, lane by lane. As inline assembly: GCC turns _mm256_blendv_ps into a compare
 // against zero plus the blend, one more instruction for a mask whose sign bit is all that matters here.
-PYC_AVX2 inline __m256 blend_by_sign(__m256 a, __m256 b, __m256 mask) {
+PYC_AVX2_FMA inline __m256 blend_by_sign(__m256 a, __m256 b, __m256 mask) {
   __m256 r;
   __asm__("vblendvps %3, %2, %1, %0" : "=x"(r) : "x"(a), "xm"(b), "x"(mask));
   return r;
@@ -190,7 +174,7 @@ inline void store_tile(const Output& o, const float (&sums)[MR][NR], int64_t m0,
 }
 
 template <typename OutT, int MR, int NR, class Kern>
-PYC_AVX2 inline void run_tile(const Kern& kern, const Output& o, int64_t m, int64_t n) {
+PYC_AVX2_FMA inline void run_tile(const Kern& kern, const Output& o, int64_t m, int64_t n) {
   float sums[MR][NR];
   kern.template tile<MR, NR>(m, n, sums);
   store_tile<OutT, MR, NR>(o, sums, m, n);
@@ -200,7 +184,7 @@ PYC_AVX2 inline void run_tile(const Kern& kern, const Output& o, int64_t m, int6
 // tiles of Kern::kMR x Kern::kNR while they fit, then of 2 x Kern::kNR, then single rows against
 // Kern::kNR1 columns at a time. Sizes are per kernel: as many accumulators as the 16 registers allow.
 template <typename OutT, class Kern>
-PYC_AVX2 void run_group(const Kern& kern, const Output& o, int64_t m0, int64_t m1, int64_t n0) {
+PYC_AVX2_FMA void run_group(const Kern& kern, const Output& o, int64_t m0, int64_t m1, int64_t n0) {
   static_assert(kNG % Kern::kNR == 0 && kNG % Kern::kNR1 == 0, "tiles must cover the group");
   int64_t m = m0;
   for (; m + Kern::kMR <= m1; m += Kern::kMR) {
@@ -259,7 +243,7 @@ struct Int8WeightKern {
   // Per channel: one segment [0, K), the scale is applied to the sums. Grouped: one segment per group,
   // its scale folded into the converted weights.
   template <int MR, int NR>
-  PYC_AVX2 void tile(int64_t m0, int64_t n0, float (&sums)[MR][NR]) const {
+  PYC_AVX2_FMA void tile(int64_t m0, int64_t n0, float (&sums)[MR][NR]) const {
     const int64_t K = p.K;
     const float* x = p.x + m0 * K;
     // Columns past N repeat the last row; their sums are dropped.
@@ -413,7 +397,7 @@ struct PackedWeightArgs {
 
 // One step of the 1-bit kernel: acc += (bit 31 of word << shift) ? nx : x. One statement: as intrinsics,
 // GCC computes the blends of several rows ahead and spills the accumulators.
-PYC_AVX2 inline __m256 add_signed(__m256 acc, __m256i word, const __m256i& shift, __m256 x, __m256 nx) {
+PYC_AVX2_FMA inline __m256 add_signed(__m256 acc, __m256i word, const __m256i& shift, __m256 x, __m256 nx) {
   __m256 t;
   __asm__("vpsllvd %2, %3, %1\n\tvblendvps %1, %5, %4, %1\n\tvaddps %1, %0, %0"
           : "+x"(acc), "=&x"(t)
@@ -423,7 +407,8 @@ PYC_AVX2 inline __m256 add_signed(__m256 acc, __m256i word, const __m256i& shift
 
 // One step of the ternary kernel: word << shift holds the sign of each code at bit 31 and its nonzero bit
 // at bit 30; acc += nonzero ? (sign ? nx : x) : 0.
-PYC_AVX2 inline __m256 add_ternary(__m256 acc, __m256i word, const __m256i& shift, __m256 x, __m256 nx, __m256 zero) {
+PYC_AVX2_FMA inline __m256 add_ternary(__m256 acc, __m256i word, const __m256i& shift, __m256 x, __m256 nx,
+                                     __m256 zero) {
   __m256 t;
   __m256 u;
   __asm__(
@@ -454,7 +439,7 @@ struct PackedWeightKern {
   PackedWeightArgs p;
 
   template <int MR, int NR>
-  PYC_AVX2 void tile(int64_t m0, int64_t n0, float (&sums)[MR][NR]) const {
+  PYC_AVX2_FMA void tile(int64_t m0, int64_t n0, float (&sums)[MR][NR]) const {
     static_assert(MR == 1, "one row of x at a time");
     const float* x = p.x + m0 * p.ldx;
     const float* wr[NR];
@@ -518,26 +503,19 @@ inline int ternary_value(const uint32_t* w, int64_t k) {
   return code == 1u ? 1 : (code == 3u ? -1 : 0);
 }
 
-template <typename OutT>
-struct BinaryWeightRun {
-  static void run(const PackedWeightArgs& p, const Output& o, int64_t M, int64_t K, Isa isa) {
-    if (isa == Isa::kScalar) {
-      packed_weight_scalar<OutT>(p, o, M, K, binary_value);
-    } else {
-      run_weight_gemm<OutT>(PackedWeightKern<false>{p}, o, M, K);
+// The Fn of by_float_dtype for binary_weight_mm (kTernary false) and ternary_weight_mm.
+template <bool kTernary>
+struct PackedWeightRun {
+  template <typename OutT>
+  struct Out {
+    static void run(const PackedWeightArgs& p, const Output& o, int64_t M, int64_t K, Isa isa) {
+      if (isa == Isa::kScalar) {
+        packed_weight_scalar<OutT>(p, o, M, K, kTernary ? ternary_value : binary_value);
+      } else {
+        run_weight_gemm<OutT>(PackedWeightKern<kTernary>{p}, o, M, K);
+      }
     }
-  }
-};
-
-template <typename OutT>
-struct TernaryWeightRun {
-  static void run(const PackedWeightArgs& p, const Output& o, int64_t M, int64_t K, Isa isa) {
-    if (isa == Isa::kScalar) {
-      packed_weight_scalar<OutT>(p, o, M, K, ternary_value);
-    } else {
-      run_weight_gemm<OutT>(PackedWeightKern<true>{p}, o, M, K);
-    }
-  }
+  };
 };
 
 // Shared entry of binary_weight_mm (per_word 32) and ternary_weight_mm (per_word 16).
@@ -571,33 +549,29 @@ at::Tensor packed_weight_mm(const char* op, int64_t per_word, const at::Tensor& 
 
 at::Tensor binary_weight_mm(const at::Tensor& x, const at::Tensor& w_bits, const at::Tensor& alpha,
                             const std::optional<at::Tensor>& bias) {
-  return packed_weight_mm<BinaryWeightRun>("binary_weight_mm", 32, x, w_bits, alpha, bias);
+  return packed_weight_mm<PackedWeightRun<false>::Out>("binary_weight_mm", 32, x, w_bits, alpha, bias);
 }
 
 at::Tensor ternary_weight_mm(const at::Tensor& x, const at::Tensor& w_2bit, const at::Tensor& alpha,
                              const std::optional<at::Tensor>& bias) {
-  return packed_weight_mm<TernaryWeightRun>("ternary_weight_mm", 16, x, w_2bit, alpha, bias);
+  return packed_weight_mm<PackedWeightRun<true>::Out>("ternary_weight_mm", 16, x, w_2bit, alpha, bias);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // pack_bits
+
+inline bool is_below_zero(int8_t v) { return v < 0; }
+template <typename T>
+inline bool is_below_zero(T v) {
+  return to_float(v) < 0.0f;
+}
 
 // Bit j of the result: src[j] < 0, for j < n <= 32 (zero and NaN give 0).
 template <typename T>
 inline uint32_t pack_word_scalar(const T* src, int64_t n) {
   uint32_t word = 0;
   for (int64_t j = 0; j < n; ++j) {
-    if (to_float(src[j]) < 0.0f) {
-      word |= 1u << j;
-    }
-  }
-  return word;
-}
-
-inline uint32_t pack_word_scalar(const int8_t* src, int64_t n) {
-  uint32_t word = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    if (src[j] < 0) {
+    if (is_below_zero(src[j])) {
       word |= 1u << j;
     }
   }
@@ -605,7 +579,7 @@ inline uint32_t pack_word_scalar(const int8_t* src, int64_t n) {
 }
 
 template <typename T>
-PYC_AVX2 inline uint32_t pack_word_avx2(const T* src) {
+PYC_AVX2_FMA inline uint32_t pack_word_avx2(const T* src) {
   if constexpr (std::is_same_v<T, int8_t>) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
     return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpgt_epi8(_mm256_setzero_si256(), v)));
@@ -622,7 +596,7 @@ PYC_AVX2 inline uint32_t pack_word_avx2(const T* src) {
 }
 
 template <typename T>
-PYC_AVX2 void pack_row_avx2(const T* src, int64_t K, uint32_t* dst) {
+PYC_AVX2_FMA void pack_row_avx2(const T* src, int64_t K, uint32_t* dst) {
   const int64_t full = K / 32;
   for (int64_t w = 0; w < full; ++w) {
     dst[w] = pack_word_avx2(src + 32 * w);
@@ -712,22 +686,15 @@ void binary_mm_scalar(const BinaryArgs& p) {
   const int64_t W = p.W;
   // Blocks of b rows that stay in cache while every row of a passes.
   const int64_t rows = std::max<int64_t>(1, 16384 / (W * 4));
-  at::parallel_for(0, ceil_div(p.N, rows), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t n1 = std::min(p.N, (blk + 1) * rows);
-      for (int64_t m = 0; m < p.M; ++m) {
-        const uint32_t* ar = p.a + m * W;
-        for (int64_t n = blk * rows; n < n1; ++n) {
-          const uint32_t* br = p.b + n * W;
-          int32_t count = 0;
-          for (int64_t w = 0; w + 1 < W; ++w) {
-            count += __builtin_popcount(ar[w] ^ br[w]);
-          }
-          count += __builtin_popcount((ar[W - 1] ^ br[W - 1]) & mask);
-          store_binary<OutT>(p, m, n, count);
-        }
-      }
+  for_each_by_b_blocks(p.M, p.N, rows, [&](int64_t m, int64_t n) {
+    const uint32_t* ar = p.a + m * W;
+    const uint32_t* br = p.b + n * W;
+    int32_t count = 0;
+    for (int64_t w = 0; w + 1 < W; ++w) {
+      count += __builtin_popcount(ar[w] ^ br[w]);
     }
+    count += __builtin_popcount((ar[W - 1] ^ br[W - 1]) & mask);
+    store_binary<OutT>(p, m, n, count);
   });
 }
 
@@ -740,7 +707,7 @@ constexpr int kBmmNR = 2;
 
 // Splits `rows` rows of bits from src (W words each, bits past K cleared) into nibble planes of `steps`
 // steps per row at dst; rows past `rows` up to `rows_pad` are zero.
-PYC_AVX2 void split_nibbles(const uint32_t* src, int64_t rows, int64_t rows_pad, int64_t W, int64_t K,
+PYC_AVX2_FMA void split_nibbles(const uint32_t* src, int64_t rows, int64_t rows_pad, int64_t W, int64_t K,
                             int64_t steps, uint8_t* dst) {
   const __m256i low = _mm256_set1_epi8(0x0f);
   const uint32_t mask = last_word_mask(K);
@@ -773,13 +740,13 @@ PYC_AVX2 void split_nibbles(const uint32_t* src, int64_t rows, int64_t rows_pad,
 
 // The byte sums of v0 and v1 (each 64-bit lane of vpsadbw holds less than 2^11) in the low and high
 // halves of the four 64-bit lanes.
-PYC_AVX2 inline __m256i sad_pair(__m256i v0, __m256i v1) {
+PYC_AVX2_FMA inline __m256i sad_pair(__m256i v0, __m256i v1) {
   const __m256i z = _mm256_setzero_si256();
   return _mm256_or_si256(_mm256_sad_epu8(v0, z), _mm256_slli_epi64(_mm256_sad_epu8(v1, z), 32));
 }
 
 // Lanes of four sad_pair results summed: [s0, s1, s2, s3] as 64-bit lanes, each two int32 sums.
-PYC_AVX2 inline __m256i sum_lanes4(__m256i s0, __m256i s1, __m256i s2, __m256i s3) {
+PYC_AVX2_FMA inline __m256i sum_lanes4(__m256i s0, __m256i s1, __m256i s2, __m256i s3) {
   const __m256i t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(s0, s1), _mm256_unpackhi_epi64(s0, s1));
   const __m256i t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(s2, s3), _mm256_unpackhi_epi64(s2, s3));
   return _mm256_add_epi64(_mm256_permute2x128_si256(t01, t23, 0x20), _mm256_permute2x128_si256(t01, t23, 0x31));
@@ -788,7 +755,7 @@ PYC_AVX2 inline __m256i sum_lanes4(__m256i s0, __m256i s1, __m256i s2, __m256i s
 // acc += the bit counts of the bytes of x xor y (nibbles, so the table lookup counts them). One statement
 // with one scratch register, y read from memory: as intrinsics, GCC keeps more values live than the 16
 // registers hold and spills accumulators.
-PYC_AVX2 inline __m256i count_xor(__m256i acc, __m256i x, const __m256i& y, __m256i lut) {
+PYC_AVX2_FMA inline __m256i count_xor(__m256i acc, __m256i x, const __m256i& y, __m256i lut) {
   __m256i t;
   __asm__("vpxor %3, %2, %1\n\tvpshufb %1, %4, %1\n\tvpaddb %1, %0, %0"
           : "+x"(acc), "=&x"(t)
@@ -799,7 +766,7 @@ PYC_AVX2 inline __m256i count_xor(__m256i acc, __m256i x, const __m256i& y, __m2
 // counts[i * ldc + j] = popcount(a_i xor b_j) over `steps` steps of nibble planes: MR rows of a (stride lda
 // bytes) against kBmmNR rows of b (stride ldb bytes); all kBmmMR rows of counts are written.
 template <int MR>
-PYC_AVX2 void popcount_tile(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t steps,
+PYC_AVX2_FMA void popcount_tile(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t steps,
                             int32_t* counts, int64_t ldc) {
   static_assert(kBmmMR == 4 && kBmmNR == 2 && MR <= kBmmMR, "the sums below are written out for 4 x 2");
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
@@ -842,44 +809,10 @@ PYC_AVX2 void popcount_tile(const uint8_t* a, int64_t lda, const uint8_t* b, int
   _mm_storeh_pd(reinterpret_cast<double*>(counts + 3 * ldc), _mm_castsi128_pd(hi));
 }
 
-// Stores the first cols (<= 8) values of v at dst as OutT, rounding to nearest even.
-template <typename OutT>
-PYC_AVX2 inline void store8(OutT* dst, __m256 v, int64_t cols) {
-  if constexpr (std::is_same_v<OutT, float>) {
-    if (cols == 8) {
-      _mm256_storeu_ps(dst, v);
-    } else {
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, v);
-      std::memcpy(dst, tmp, cols * sizeof(float));
-    }
-  } else {
-    __m128i h;
-    if constexpr (std::is_same_v<OutT, c10::Half>) {
-      h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    } else {
-      // c10::BFloat16's rounding: add 0x7fff plus the lowest kept bit, NaN as 0x7fc0.
-      const __m256i u = _mm256_castps_si256(v);
-      const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-      h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-    }
-    if (cols == 8) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
-    } else {
-      alignas(16) uint16_t tmp[8];
-      _mm_store_si128(reinterpret_cast<__m128i*>(tmp), h);
-      std::memcpy(dst, tmp, cols * sizeof(uint16_t));
-    }
-  }
-}
-
 // Row m, columns [n0, n0 + cols) of the output from their popcounts (counts, readable up to a multiple
 // of 8; p.b_scale and p.bias are padded likewise).
 template <typename OutT>
-PYC_AVX2 void binary_store_row(const BinaryArgs& p, int64_t m, int64_t n0, int64_t cols, const int32_t* counts) {
+PYC_AVX2_FMA void binary_store_row(const BinaryArgs& p, int64_t m, int64_t n0, int64_t cols, const int32_t* counts) {
   const __m256i k = _mm256_set1_epi32(static_cast<int32_t>(p.K));
   const __m256 sa = _mm256_set1_ps(p.a_scale[m]);
   OutT* dst = static_cast<OutT*>(p.out) + m * p.N + n0;
@@ -890,7 +823,7 @@ PYC_AVX2 void binary_store_row(const BinaryArgs& p, int64_t m, int64_t n0, int64
     if (p.bias != nullptr) {
       v = _mm256_add_ps(v, _mm256_loadu_ps(p.bias + n0 + c));
     }
-    store8(dst + c, v, std::min<int64_t>(8, cols - c));
+    store_lanes(dst + c, v, std::min<int64_t>(8, cols - c));
   }
 }
 
@@ -898,7 +831,7 @@ PYC_AVX2 void binary_store_row(const BinaryArgs& p, int64_t m, int64_t n0, int64
 constexpr int64_t kBmmMaxNb = 64;
 
 template <typename OutT>
-PYC_AVX2 void binary_mm_block(const BinaryArgs& p, const uint8_t* a_planes, int64_t steps, int64_t m0,
+PYC_AVX2_FMA void binary_mm_block(const BinaryArgs& p, const uint8_t* a_planes, int64_t steps, int64_t m0,
                               int64_t m1, int64_t n0, int64_t n1, uint8_t* b_planes) {
   const int64_t ld = steps * kStepBytes;
   const int64_t nb = n1 - n0;
@@ -930,22 +863,12 @@ PYC_AVX2 void binary_mm_block(const BinaryArgs& p, const uint8_t* a_planes, int6
   }
 }
 
-struct AlignedFree {
-  void operator()(void* q) const { std::free(q); }
-};
-
-std::unique_ptr<uint8_t[], AlignedFree> aligned_bytes(int64_t bytes) {
-  void* q = std::aligned_alloc(64, static_cast<size_t>(round_up(std::max<int64_t>(bytes, 1), 64)));
-  TORCH_CHECK(q != nullptr, "binary_mm: out of memory for a ", bytes, "-byte buffer");
-  return std::unique_ptr<uint8_t[], AlignedFree>(static_cast<uint8_t*>(q));
-}
-
 template <typename OutT>
 void binary_mm_avx2(const BinaryArgs& p) {
   const int64_t steps = ceil_div(p.W, 8);
   const int64_t ld = steps * kStepBytes;
   const int64_t m_pad = round_up(p.M, kBmmMR);
-  auto a_planes = aligned_bytes(m_pad * ld);
+  auto a_planes = aligned_buffer<uint8_t>(m_pad * ld, "binary_mm");
   at::parallel_for(0, ceil_div(m_pad, kBmmMR), 1, [&](int64_t begin, int64_t end) {
     const int64_t r0 = begin * kBmmMR;
     const int64_t r1 = std::min(p.M, end * kBmmMR);
@@ -959,7 +882,7 @@ void binary_mm_avx2(const BinaryArgs& p) {
   const int64_t mchunks = nblocks >= want ? 1 : std::min(ceil_div(p.M, 16), ceil_div(want, nblocks));
   const int64_t mc = round_up(ceil_div(p.M, mchunks), kBmmMR);
   at::parallel_for(0, nblocks * mchunks, 1, [&](int64_t begin, int64_t end) {
-    auto b_planes = aligned_bytes(nb * ld);
+    auto b_planes = aligned_buffer<uint8_t>(nb * ld, "binary_mm");
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n0 = (t / mchunks) * nb;
       const int64_t m0 = (t % mchunks) * mc;

@@ -1,0 +1,123 @@
+// Helpers shared by the CPU kernel files (csrc/cpu/int8.cpp, csrc/cpu/lowbit.cpp).
+//
+// The AVX2 helpers carry PYC_AVX2, the int8 family's target: AVX2 and F16C, no FMA, since int8_isa()
+// does not require it. They inline into callers compiled with more features (the low-bit kernels add
+// FMA), and hold no float multiply followed by an add that such a caller could contract.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+
+#define PYC_AVX2 __attribute__((target("avx2,f16c")))
+
+namespace pycompress::cpu {
+
+inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
+inline int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
+
+inline float to_float(float v) { return v; }
+inline float to_float(c10::Half v) { return static_cast<float>(v); }
+inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// count values of T, 64-byte aligned (a cache line, and the alignment of the aligned vector loads).
+template <typename T>
+std::unique_ptr<T[], AlignedFree> aligned_buffer(int64_t count, const char* op) {
+  const size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(count, 1) * sizeof(T), 64));
+  void* p = std::aligned_alloc(64, bytes);
+  TORCH_CHECK(p != nullptr, op, ": out of memory for a ", bytes, "-byte buffer");
+  return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(p));
+}
+
+// The portable GEMMs' loop: f(m, n) for every row m < M of a and n < N of b, in parallel over blocks of
+// `block` rows of b; each block meets every row of a in turn, so that its rows stay in cache.
+template <typename F>
+void for_each_by_b_blocks(int64_t M, int64_t N, int64_t block, const F& f) {
+  at::parallel_for(0, ceil_div(N, block), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t n1 = std::min(N, (c + 1) * block);
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t n = c * block; n < n1; ++n) {
+          f(m, n);
+        }
+      }
+    }
+  });
+}
+
+// Eight values as float32.
+PYC_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+PYC_AVX2 inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+PYC_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// float32 lanes as float16 bit patterns (the four of a 128-bit vector in the low half), rounding to
+// nearest even like c10::Half.
+PYC_AVX2 inline __m128i half_bits(__m128 v) { return _mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+PYC_AVX2 inline __m128i half_bits(__m256 v) {
+  return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// float32 lanes as bfloat16 bit patterns, placed like half_bits. c10::BFloat16's rounding: add 0x7fff
+// plus the lowest kept bit, NaN as 0x7fc0.
+PYC_AVX2 inline __m128i bf16_bits(__m128 v) {
+  const __m128i u = _mm_castps_si128(v);
+  const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+  __m128i r = _mm_srli_epi32(_mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff))), 16);
+  const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
+  r = _mm_blendv_epi8(r, _mm_set1_epi32(0x7fc0), nan);
+  return _mm_packus_epi32(r, r);
+}
+PYC_AVX2 inline __m128i bf16_bits(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+// The first cols of the kLanes values of T held in v, at dst. All of them is one store of constant size
+// (a single vector move); fewer go through memory, so that nothing past dst + cols is written.
+template <int kLanes, typename T, typename V>
+inline void store_first(T* dst, const V& v, int64_t cols) {
+  if (cols == kLanes) {
+    std::memcpy(dst, &v, kLanes * sizeof(T));
+  } else {
+    std::memcpy(dst, &v, cols * sizeof(T));
+  }
+}
+
+// Stores the first cols lanes of v (4 or 8 float32 values) at dst as OutT.
+template <typename OutT, typename V>
+PYC_AVX2 inline void store_lanes(OutT* dst, V v, int64_t cols) {
+  constexpr int kLanes = sizeof(V) / sizeof(float);
+  if constexpr (std::is_same_v<OutT, float>) {
+    store_first<kLanes>(dst, v, cols);
+  } else if constexpr (std::is_same_v<OutT, c10::Half>) {
+    store_first<kLanes>(reinterpret_cast<uint16_t*>(dst), half_bits(v), cols);
+  } else {
+    static_assert(std::is_same_v<OutT, c10::BFloat16>, "float32, float16 or bfloat16 outputs");
+    store_first<kLanes>(reinterpret_cast<uint16_t*>(dst), bf16_bits(v), cols);
+  }
+}
+
+}  // namespace pycompress::cpu
