@@ -62,18 +62,29 @@ def _commit() -> str:
 
 def time_fn(fn, device: str, min_time: float = 0.2, max_reps: int = 50) -> float:
     """Median seconds of one call of ``fn``."""
+    return time_fns({"fn": fn}, device, min_time, max_reps)["fn"]
+
+
+def time_fns(fns: dict, device: str, min_time: float = 0.5, max_reps: int = 200) -> dict:
+    """Median seconds of one call of each of ``fns``. On CPU the calls are interleaved round by round,
+    so that a change of load on the machine affects every candidate and baseline alike."""
     if device == "cuda":
         import triton.testing
 
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
+        return {name: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+                for name, fn in fns.items()}
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() - start < min_time * len(fns) and rounds < max_reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _backend_fn(backend: str, fn):
@@ -241,7 +252,7 @@ def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
     rows = []
     for case, M, N, K, candidates, baselines in FAMILIES[family](device, quick):
         ops = 2 * M * N * K
-        times = {name: time_fn(fn, device) for name, fn in {**candidates, **baselines}.items()}
+        times = time_fns({**candidates, **baselines}, device)
         for name in candidates:
             t = times[name]
             rows.append({
@@ -259,7 +270,7 @@ def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
     e2e = minilm_case(device) if family == "int8" else None
     if e2e is not None:
         candidates, baselines, fidelity = e2e
-        times = {name: time_fn(fn, device) for name, fn in {**candidates, **baselines}.items()}
+        times = time_fns({**candidates, **baselines}, device, min_time=2.0, max_reps=10)
         for name in candidates:
             rows.append({
                 "case": "minilm_e2e",
