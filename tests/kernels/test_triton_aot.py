@@ -18,6 +18,8 @@ import pytest
 
 import pycompress.kernels
 
+pytest.importorskip("triton")
+
 KERNELS_DIR = Path(pycompress.kernels.__path__[0])
 FAMILIES = sorted(p.stem for p in KERNELS_DIR.glob("*.py") if not p.stem.startswith("_"))
 CAPABILITIES = [80, 90]

@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+pytest.importorskip("triton")
+
 from pycompress.kernels import int8 as triton_int8
 from pycompress.ops.int8 import int8_mm_reference as _ref_int8_mm
 from pycompress.ops.int8 import quantize_per_token_reference as _ref_quantize_per_token

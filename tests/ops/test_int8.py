@@ -1,13 +1,16 @@
 """int8 op family: every backend against the reference, opcheck, and bad input."""
 
+from importlib.util import find_spec
+
 import pytest
 import torch
 
 import pycompress
 from pycompress.ops.int8 import int8_mm_reference, quantize_per_token_reference
 
-CPU_BACKENDS = ["cpu", "triton", "reference"]
-CUDA_BACKENDS = ["cuda", "triton", "reference"]
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed"))
+CPU_BACKENDS = ["cpu", TRITON, "reference"]
+CUDA_BACKENDS = ["cuda", TRITON, "reference"]
 MM_SHAPES = [(1, 1, 1), (1, 17, 33), (5, 7, 3), (33, 65, 127), (64, 96, 200), (3, 130, 64)]
 QUANT_SHAPES = [(1, 1), (3, 17), (33, 127), (8, 1000)]
 
@@ -123,7 +126,7 @@ def test_quantize_per_token_cuda(backend):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("backend", ["cuda", TRITON])
 def test_int8_mm_cuda_large(backend):
     for M, N, K in [(1024, 1536, 384), (300, 4096, 4096), (17, 4096, 11008)]:
         a, b = _int8(M, K, device="cuda"), _int8(N, K, device="cuda")
@@ -163,7 +166,7 @@ def test_non_contiguous_inputs(backend):
     assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "reference", TRITON])
 def test_opcheck(backend):
     a, b = _int8(5, 33), _int8(7, 33)
     a_scale, b_scale = torch.rand(5), torch.rand(7)

@@ -1,5 +1,7 @@
 """Low-bit op family: every backend against the reference, opcheck, and bad input."""
 
+from importlib.util import find_spec
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,8 +9,9 @@ import torch.nn.functional as F
 import pycompress
 from pycompress.ops import lowbit as L
 
-CPU_BACKENDS = ["cpu", "triton", "reference"]
-CUDA_BACKENDS = ["cuda", "triton", "reference"]
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed"))
+CPU_BACKENDS = ["cpu", TRITON, "reference"]
+CUDA_BACKENDS = ["cuda", TRITON, "reference"]
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1, 1), (1, 9, 31), (3, 5, 33), (5, 17, 100), (33, 20, 64), (2, 7, 129)]
 
@@ -166,7 +169,7 @@ def test_lowbit_cuda(backend):
     _check_packed_weight(backend, "cuda", "ternary_weight_mm")
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "reference", TRITON])
 def test_opcheck(backend):
     x = torch.randn(3, 64)
     w = torch.randint(-128, 128, (5, 64), dtype=torch.int8)
