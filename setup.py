@@ -54,6 +54,7 @@ setup(
         "pycompress.formats",
         "pycompress.nn",
         "pycompress.quant",
+        "pycompress.prune",
         "pycompress.data",
         "pycompress.kernels",
     ],
