@@ -82,7 +82,7 @@ def test_compress_filter_fn_and_bad_config():
         warnings.simplefilter("ignore")
         pycompress.compress_(model, pycompress.Int8Config(), filter_fn=lambda m, name: name == "fc1")
     assert isinstance(model.fc1, pycompress.Int8Linear) and isinstance(model.fc2, nn.Linear)
-    with pytest.raises(TypeError, match="compress_: config must be one of .*Int8Config.* \(got object\)"):
+    with pytest.raises(TypeError, match=r"compress_: config must be one of .*Int8Config.* \(got object\)"):
         pycompress.compress_(model, object())
     bare = pycompress.compress_(nn.Linear(4, 4), pycompress.Int8Config())
     assert isinstance(bare, pycompress.Int8Linear)
