@@ -265,34 +265,34 @@ def _(a_bits, b_bits, K, a_scale, b_scale, bias=None, out_dtype=torch.float32):
     return a_bits.new_empty((a_bits.shape[0], b_bits.shape[0]), dtype=out_dtype)
 
 
+def _packed_weight_mm(op: str, name: str, per_word: int, x, w, alpha, bias, *, fake: bool) -> Tensor:
+    """Shared body of the packed-weight ops (real and fake): validate, then run or allocate."""
+    _check_packed_weight_mm(op, name, per_word, x, w, alpha, bias)
+    if fake or x.shape[0] == 0 or w.shape[0] == 0:
+        return x.new_empty((x.shape[0], w.shape[0]))
+    return _run(op, x.device, *_contiguous(x, w, alpha, bias))
+
+
 @torch.library.custom_op("pycompress::binary_weight_mm", mutates_args=())
 def binary_weight_mm(x: Tensor, w_bits: Tensor, alpha: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """W1A16 GEMM: float activations, 1-bit sign weights with a scale per output channel."""
-    _check_packed_weight_mm("binary_weight_mm", "w_bits", 32, x, w_bits, alpha, bias)
-    if x.shape[0] == 0 or w_bits.shape[0] == 0:
-        return x.new_empty((x.shape[0], w_bits.shape[0]))
-    return _run("binary_weight_mm", x.device, *_contiguous(x, w_bits, alpha, bias))
+    return _packed_weight_mm("binary_weight_mm", "w_bits", 32, x, w_bits, alpha, bias, fake=False)
 
 
 @binary_weight_mm.register_fake
 def _(x, w_bits, alpha, bias=None):
-    _check_packed_weight_mm("binary_weight_mm", "w_bits", 32, x, w_bits, alpha, bias)
-    return x.new_empty((x.shape[0], w_bits.shape[0]))
+    return _packed_weight_mm("binary_weight_mm", "w_bits", 32, x, w_bits, alpha, bias, fake=True)
 
 
 @torch.library.custom_op("pycompress::ternary_weight_mm", mutates_args=())
 def ternary_weight_mm(x: Tensor, w_2bit: Tensor, alpha: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Ternary-weight GEMM: float activations, 2-bit packed {-1, 0, 1} weights, a scale per channel."""
-    _check_packed_weight_mm("ternary_weight_mm", "w_2bit", 16, x, w_2bit, alpha, bias)
-    if x.shape[0] == 0 or w_2bit.shape[0] == 0:
-        return x.new_empty((x.shape[0], w_2bit.shape[0]))
-    return _run("ternary_weight_mm", x.device, *_contiguous(x, w_2bit, alpha, bias))
+    return _packed_weight_mm("ternary_weight_mm", "w_2bit", 16, x, w_2bit, alpha, bias, fake=False)
 
 
 @ternary_weight_mm.register_fake
 def _(x, w_2bit, alpha, bias=None):
-    _check_packed_weight_mm("ternary_weight_mm", "w_2bit", 16, x, w_2bit, alpha, bias)
-    return x.new_empty((x.shape[0], w_2bit.shape[0]))
+    return _packed_weight_mm("ternary_weight_mm", "w_2bit", 16, x, w_2bit, alpha, bias, fake=True)
 
 
 # ---------------------------------------------------------------------------------------------
