@@ -25,4 +25,16 @@ TORCH_LIBRARY(pycompress_C, m) {
   m.def("binary_weight_mm(Tensor x, Tensor w_bits, Tensor alpha, Tensor? bias) -> Tensor");
   // 2-bit ternary weights (16 codes per int32 word): y = alpha[n] * sum_k x[m, k] * t[n, k] + bias[n].
   m.def("ternary_weight_mm(Tensor x, Tensor w_2bit, Tensor alpha, Tensor? bias) -> Tensor");
+
+  // 2:4 family (csrc/cpu/sparse24.cpp, csrc/cuda/sparse24.cu): layout in pycompress/ops/sparse24.py.
+  // w [N, K] float, 2:4 sparse, K % 16 == 0 -> (values [N, K / 2] w.dtype, meta int16 [N, K / 16]).
+  m.def("sparse24_compress(Tensor w) -> (Tensor, Tensor)");
+  // x [M, K], values [N, K / 2] x.dtype, meta int16 [N, K / 16], bias [N]? -> [M, N] x.dtype.
+  m.def("sparse24_mm(Tensor x, Tensor values, Tensor meta, Tensor? bias) -> Tensor");
+
+  // Sparse family (csrc/cpu/sparse.cpp, csrc/cuda/sparse.cu): layouts in pycompress/ops/sparse.py.
+  // x [M, K], CSR w [N, K]: crow int32 [N + 1], col int32 [nnz], values [nnz] x.dtype -> [M, N].
+  m.def("csr_mm(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
+  // x [M, K], BSR w [N, K]: crow int32 [N / B + 1], col int32 [nnzb], values [nnzb, B, B] -> [M, N].
+  m.def("bsr_mm(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
 }

@@ -11,13 +11,19 @@ from pycompress.ops.lowbit import (
     pack_bits,
     ternary_weight_mm,
 )
+from pycompress.ops.sparse import bsr_mm, csr_mm
+from pycompress.ops.sparse24 import sparse24_compress, sparse24_mm
 
 __all__ = [
     "binary_mm",
     "binary_weight_mm",
+    "bsr_mm",
+    "csr_mm",
     "int8_mm",
     "int8_weight_only_mm",
     "pack_bits",
     "quantize_per_token",
+    "sparse24_compress",
+    "sparse24_mm",
     "ternary_weight_mm",
 ]
