@@ -101,7 +101,7 @@ def _check_w(w) -> None:
 
 
 def _check_pattern(w: Tensor) -> None:
-    counts = (w.reshape(w.shape[0], -1, 4) != 0).sum(-1)
+    counts = (w.reshape(w.shape[0], w.shape[1] // 4, 4) != 0).sum(-1)
     bad = (counts > 2).nonzero()
     if bad.numel():
         row, group = bad[0].tolist()
