@@ -9,7 +9,18 @@ __version__ = "0.1.0"
 
 from pycompress import ops  # noqa: E402  (registers the ops and their backends)
 from pycompress.api import compress_, load, register_handler, report, save  # noqa: E402
-from pycompress.nn import BinaryConv2d, BinaryLinear, Int8Conv2d, Int8Linear, Int8StaticLinear, TernaryLinear, WeightOnlyInt8Linear  # noqa: E402
+from pycompress.nn import (  # noqa: E402
+    BinaryConv2d,
+    BinaryLinear,
+    Int8Conv2d,
+    Int8Linear,
+    Int8StaticLinear,
+    Sparse24Linear,
+    SparseLinear,
+    TernaryLinear,
+    WeightOnlyInt8Linear,
+)
+from pycompress.prune.configs import Sparse24Config, SparseConfig  # noqa: E402
 from pycompress.quant import Quantizer  # noqa: E402
 from pycompress.quant.configs import (  # noqa: E402
     BinaryConfig,
@@ -36,6 +47,10 @@ __all__ = [
     "Int8WeightOnlyConfig",
     "MixedPrecisionConfig",
     "QATConfig",
+    "Sparse24Config",
+    "Sparse24Linear",
+    "SparseConfig",
+    "SparseLinear",
     "convert",
     "prepare_qat",
     "Quantizer",

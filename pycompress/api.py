@@ -36,11 +36,14 @@ class Handler:
     stays (reported), or None when the config says nothing about this module.
     ``applies(module) -> bool``: which modules are offered. ``observer(config)``: None for configs that
     need no data, else a factory of the Observer that watches each offered module's input.
+    ``prepare(model, candidates, config, calibration)``: optional model-level work before any module is
+    converted (e.g. pruning that calibrates layer after layer), given the offered (name, module) pairs.
     """
 
     convert: Callable
     applies: Callable[[nn.Module], bool]
     observer: Optional[Callable] = None
+    prepare: Optional[Callable] = None
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -48,11 +51,11 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def register_handler(config_type: type, *, applies: Callable[[nn.Module], bool] = _is_linear,
-                     observer: Optional[Callable] = None):
+                     observer: Optional[Callable] = None, prepare: Optional[Callable] = None):
     """Register ``convert(module, config, observer, name)`` as the handler of ``config_type``."""
 
     def wrap(fn):
-        _HANDLERS[config_type] = Handler(convert=fn, applies=applies, observer=observer)
+        _HANDLERS[config_type] = Handler(convert=fn, applies=applies, observer=observer, prepare=prepare)
         return fn
 
     return wrap
@@ -106,6 +109,8 @@ def compress_(
         for name, module in model.named_modules()
         if handler.applies(module) and (filter_fn is None or filter_fn(module, name))
     ]
+    if handler.prepare is not None:
+        handler.prepare(model, candidates, config, calibration)
     observers = {}
     make_observer = handler.observer(config) if handler.observer is not None else None
     if make_observer is not None:

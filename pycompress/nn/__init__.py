@@ -4,11 +4,12 @@ from pycompress.nn.base import PackedLinear
 from pycompress.nn.conv import BinaryConv2d, Int8Conv2d, PackedConv2d
 from pycompress.nn.int8 import Int8Linear, Int8StaticLinear
 from pycompress.nn.lowbit import BinaryLinear, TernaryLinear, WeightOnlyInt8Linear
+from pycompress.nn.sparse import Sparse24Linear, SparseLinear
 
 FORMATS = {
     module.format_name: module
     for module in (Int8Linear, Int8StaticLinear, WeightOnlyInt8Linear, BinaryLinear, TernaryLinear, Int8Conv2d,
-                   BinaryConv2d)
+                   BinaryConv2d, Sparse24Linear, SparseLinear)
 }
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "Int8StaticLinear",
     "PackedConv2d",
     "PackedLinear",
+    "Sparse24Linear",
+    "SparseLinear",
     "TernaryLinear",
     "WeightOnlyInt8Linear",
 ]

@@ -4,6 +4,9 @@ Criteria (importance scores; the lowest are pruned):
     magnitude  |w|
     random     uniform noise (a control)
     taylor     first-order Taylor estimate of the loss change, |w * dL/dw| accumulated over batches
+    wanda      |w| times the norm of its input over calibration data (pycompress.prune.oneshot)
+    sparsegpt  one-shot pruning with second-order weight updates from calibration data (oneshot)
+    movement   -w * dL/dw accumulated while fine-tuning (MovementPruner, pycompress.prune.movement)
 Structures: ``unstructured`` (per layer or one global threshold), ``nm`` (N of every M consecutive
 input weights kept, e.g. 2:4) and ``ln`` (whole output or input channels ranked by their Ln norm).
 Entries already pruned stay pruned: their score is -inf, so sparsity only grows.
@@ -30,8 +33,9 @@ from pycompress.prune.masks import (
     prunable_layers,
     topk_mask,
 )
+from pycompress.prune.oneshot import CALIBRATED_METHODS, prune_calibrated_
 
-METHODS = ("magnitude", "random", "taylor")
+METHODS = ("magnitude", "random", "taylor", "wanda", "sparsegpt", "movement")
 STRUCTURES = ("unstructured", "nm", "ln")
 SCOPES = ("layer", "global")
 SCHEDULES = ("agp", "iterative")
@@ -48,6 +52,8 @@ class PruneConfig:
     norm: float = 2.0
     dim: int = 0
     seed: int = 0
+    block_size: int = 128
+    damping: float = 0.01
 
     def __post_init__(self):
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
@@ -59,6 +65,19 @@ class PruneConfig:
             raise ValueError("PruneConfig: structure='ln' ranks channels by their Ln norm; use method='magnitude'")
         if self.scope == "global" and self.structure != "unstructured":
             raise ValueError("PruneConfig: scope='global' applies to structure='unstructured' only")
+        if self.scope == "global" and self.method in CALIBRATED_METHODS:
+            raise ValueError(f"PruneConfig: method={self.method!r} compares weights within a layer "
+                             "(wanda: per output row; sparsegpt: per column block); use scope='layer'")
+        if self.method == "movement" and self.structure != "unstructured":
+            raise ValueError("PruneConfig: method='movement' supports structure='unstructured' only")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"PruneConfig: block_size must be a positive int (got {self.block_size!r})")
+        if self.structure == "nm" and not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
+            raise ValueError(f"PruneConfig: structure='nm' needs ints 0 < n < m (got n={self.n!r}, m={self.m!r})")
+        if self.method == "sparsegpt" and self.structure == "nm" and self.block_size % self.m:
+            raise ValueError(f"PruneConfig: block_size ({self.block_size}) must be a multiple of m = {self.m}")
+        if not isinstance(self.damping, (int, float)) or not self.damping > 0:
+            raise ValueError(f"PruneConfig: damping must be a positive number (got {self.damping!r})")
 
 
 def _effective_weight(module: nn.Module) -> torch.Tensor:
@@ -95,9 +114,22 @@ def importance(model: nn.Module, layers: list, method: str, *, data: Optional[It
 
 
 def prune_(model: nn.Module, config: PruneConfig, *, data=None, loss_fn=None, filter_fn=None) -> nn.Module:
-    """Prune the Linear and Conv2d layers of ``model`` in place to ``config.sparsity``; returns it."""
+    """Prune the Linear and Conv2d layers of ``model`` in place to ``config.sparsity``; returns it.
+
+    ``data``: for 'taylor', batches of (inputs, targets) with ``loss_fn``; for 'wanda' and 'sparsegpt',
+    calibration batches of model inputs (dict: ``model(**batch)``, tuple: ``model(*batch)``, tensor:
+    ``model(batch)``), which prune the nn.Linear layers only.
+    """
     if not isinstance(config, PruneConfig):
         raise TypeError(f"prune_: config must be a PruneConfig (got {type(config).__name__})")
+    if config.method == "movement":
+        raise ValueError("prune_: method='movement' scores weights while fine-tuning; call "
+                         "MovementPruner(model, config, steps=...).step() in the training loop instead")
+    if config.method in CALIBRATED_METHODS:
+        if data is None:
+            raise ValueError(f"prune_: method={config.method!r} needs data: an iterable of calibration batches "
+                             "of model inputs")
+        return prune_calibrated_(model, config, data, filter_fn)
     layers = list(prunable_layers(model, filter_fn))
     if not layers:
         raise ValueError("prune_: the model has no nn.Linear or nn.Conv2d layer to prune (after filter_fn)")
