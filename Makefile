@@ -34,6 +34,7 @@ cpp-test:
 bench: setup
 	$(PY) -m benchmarks.run --family int8
 	$(PY) -m benchmarks.run --family lowbit
+	$(PY) -m benchmarks.run --family sparse
 
 clean:
 	rm -rf build *.egg-info pycompress/*.so

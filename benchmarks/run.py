@@ -1,6 +1,6 @@
 """Benchmark runner: times each backend of an op family and its baselines side by side, in one run.
 
-    python -m benchmarks.run --family int8|lowbit [--device cpu|cuda] [--quick]
+    python -m benchmarks.run --family int8|lowbit|sparse [--device cpu|cuda] [--quick]
 
 writes benchmarks/results/<device>/<family>.json: device, versions, commit, command, the measured
 peak, then one row per (case, shape) with the median time of every candidate, its GOP/s, and the ratio
@@ -203,7 +203,80 @@ def lowbit_cases(device: str, quick: bool):
         yield "binary_mm", M, N, K, candidates, baselines
 
 
-FAMILIES = {"int8": int8_cases, "lowbit": lowbit_cases}
+def _random_sparse_weight(N, K, sparsity, device, dtype, seed, block=None):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g)
+    if block is None:
+        w = w * (torch.rand(N, K, generator=g) >= sparsity)
+    else:
+        keep = torch.rand(N // block, K // block, generator=g) >= sparsity
+        w = w * keep.repeat_interleave(block, 0).repeat_interleave(block, 1)
+    return w.to(device=device, dtype=dtype)
+
+
+def sparse_cases(device: str, quick: bool):
+    """2:4 (sparse24_mm), CSR (csr_mm) and BSR (bsr_mm) GEMMs against the dense float matmul and
+    torch's own sparse formats (semi-structured 2:4 on CUDA, CSR and BSR)."""
+    from pycompress.formats.sparse import pack_bsr, pack_csr
+    from pycompress.ops.sparse24 import sparse24_compress_reference
+    from pycompress.prune.masks import nm_mask
+
+    float_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    fname = str(float_dtype).replace("torch.", "")
+    backends = ["cuda", "triton"] if device == "cuda" else ["cpu"]
+    if device == "cuda":
+        s24 = [(M, 4096, 4096) for M in (1, 16, 4096)] + [(8192, 8192, 8192), (4096, 11008, 4096)]
+        unstructured = [(M, N, K) for M in (1, 16, 256) for N, K in LLAMA[:2]]
+    else:
+        s24 = [(M, 4096, 4096) for M in (1, 2, 4, 8, 16)]
+        s24 += [] if quick else [(64, 4096, 4096), (64, 1536, 384), (4096, 1536, 384)]
+        unstructured = [(64, 4096, 4096)] + ([] if quick else [(1, 4096, 4096), (256, 1536, 384)])
+    dense = lambda x, w: (lambda: torch.nn.functional.linear(x, w))  # noqa: E731
+    for M, N, K in s24:
+        g = torch.Generator().manual_seed(M + N + K)
+        x = torch.randn(M, K, generator=g).to(device=device, dtype=float_dtype)
+        w = torch.randn(N, K, generator=g)
+        w = (w * nm_mask(w.abs())).to(device=device, dtype=float_dtype)
+        values, meta = sparse24_compress_reference(w)
+        candidates = {f"sparse24_mm[{b}]": _backend_fn(b, lambda x=x, v=values, m=meta: pycompress.ops.sparse24_mm(x, v, m))
+                      for b in backends}
+        baselines = {f"torch.matmul[{fname}]": dense(x, w)}
+        if device == "cuda":
+            try:
+                from torch.sparse import to_sparse_semi_structured
+
+                w_semi = to_sparse_semi_structured(w)
+                baselines["torch to_sparse_semi_structured"] = lambda x=x, w_semi=w_semi: torch.mm(w_semi, x.T).T
+            except (RuntimeError, ImportError) as exc:
+                print(f"torch to_sparse_semi_structured baseline unavailable at {(M, N, K)}: {exc}")
+        yield "sparse24_mm", M, N, K, candidates, baselines
+    for M, N, K in unstructured:
+        for sparsity in (0.7, 0.9, 0.99) if not quick else (0.9,):
+            x = torch.randn(M, K, device=device).to(float_dtype)
+            w = _random_sparse_weight(N, K, sparsity, device, float_dtype, seed=M + N + K)
+            crow, col, values = pack_csr(w)
+            candidates = {f"csr_mm[{b}]": _backend_fn(b, lambda x=x, a=(crow, col, values): pycompress.ops.csr_mm(x, *a))
+                          for b in backends}
+            baselines = {f"torch.matmul[{fname}]": dense(x, w)}
+            w_csr = w.to_sparse_csr()
+            baselines["torch.sparse CSR"] = lambda x=x, w_csr=w_csr: torch.sparse.mm(w_csr, x.T).T
+            yield f"csr_mm@{sparsity:.0%}", M, N, K, candidates, baselines
+            block = 32
+            wb = _random_sparse_weight(N, K, sparsity, device, float_dtype, seed=M + N + K + 1, block=block)
+            packed = pack_bsr(wb, block)
+            candidates = {f"bsr_mm[{b}]": _backend_fn(b, lambda x=x, a=packed: pycompress.ops.bsr_mm(x, *a))
+                          for b in backends}
+            baselines = {f"torch.matmul[{fname}]": dense(x, wb)}
+            try:
+                w_bsr = wb.to_sparse_bsr((block, block))
+                torch.mm(w_bsr, x.T[:, :1])
+                baselines["torch.sparse BSR"] = lambda x=x, w_bsr=w_bsr: torch.mm(w_bsr, x.T).T
+            except (RuntimeError, NotImplementedError) as exc:
+                print(f"torch.sparse BSR baseline unavailable on {device}: {str(exc).splitlines()[0]}")
+            yield f"bsr{block}_mm@{sparsity:.0%}", M, N, K, candidates, baselines
+
+
+FAMILIES = {"int8": int8_cases, "lowbit": lowbit_cases, "sparse": sparse_cases}
 
 
 def minilm_case(device: str):

@@ -43,6 +43,11 @@ SCHEDULES = ("agp", "iterative")
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
+    """What to prune and how: ``sparsity`` (fraction of weights removed; N:M fixes it at 1 - n/m),
+    ``method`` (the criterion, module docstring), ``structure`` and ``scope``; ``n``, ``m`` for N:M;
+    ``norm``, ``dim`` for Ln-structured; ``seed`` for random; ``block_size`` (columns per block) and
+    ``damping`` (fraction of the mean Hessian diagonal added to it) for sparsegpt."""
+
     sparsity: float
     method: str = "magnitude"
     structure: str = "unstructured"
