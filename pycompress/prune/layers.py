@@ -44,36 +44,27 @@ def block_influence(model: nn.Module, data: Iterable, *, blocks: str = "encoder.
     stack = _stack(model, blocks, "block_influence")
     sums = torch.zeros(len(stack), dtype=torch.float64)
     counts = torch.zeros(len(stack), dtype=torch.float64)
-    outputs = {}
-    handles = [block.register_forward_hook(lambda m, args, out, i=i: outputs.__setitem__(i, _hidden(out)))
-               for i, block in enumerate(stack)]
 
     def observe(i):
-        def hook(block, args, batch):
+        def hook(block, args, output, batch):
             if not args:
-                raise ValueError(f"block_influence: block {i} of {blocks!r} was called without a positional hidden "
-                                 "state")
-            inputs = _hidden(args[0])
-            # The output hook of this same call fires after the block runs; compare once it has.
-            handle = block.register_forward_hook(
-                lambda m, a, out: (_accumulate(i, inputs, _hidden(out), batch), handle.remove()))
+                raise ValueError(f"block_influence: block {i} of {blocks!r} must take the hidden state as its first "
+                                 "positional argument")
+            inputs, output = _hidden(args[0]), _hidden(output)
+            if not isinstance(output, Tensor) or output.shape != inputs.shape:
+                raise ValueError(f"block_influence: block {i} of {blocks!r} must map hidden states to hidden states "
+                                 f"of the same shape (got {tuple(inputs.shape)} -> "
+                                 f"{tuple(getattr(output, 'shape', ()))})")
+            a, b = _masked_tokens(inputs, batch), _masked_tokens(output, batch)
+            sums[i] += torch.nn.functional.cosine_similarity(a, b, dim=-1).double().sum().cpu()
+            counts[i] += a.shape[0]
 
         return hook
 
-    def _accumulate(i, inputs, output, batch):
-        if not isinstance(output, Tensor) or output.shape != inputs.shape:
-            raise ValueError(f"block_influence: block {i} of {blocks!r} must map hidden states to hidden states of "
-                             f"the same shape (got {tuple(inputs.shape)} -> {getattr(output, 'shape', type(output))})")
-        a, b = _masked_tokens(inputs, batch), _masked_tokens(output, batch)
-        sums[i] += torch.nn.functional.cosine_similarity(a, b, dim=-1).double().sum().cpu()
-        counts[i] += a.shape[0]
-
-    try:
-        _calibrate(model, data, [(block, observe(i)) for i, block in enumerate(stack)], "block_influence")
-    finally:
-        for h in handles:
-            h.remove()
-    return (1.0 - sums / counts.clamp(min=1)).float()
+    _calibrate(model, data, [(block, observe(i)) for i, block in enumerate(stack)], "block_influence")
+    if (counts == 0).any():
+        raise ValueError(f"block_influence: data gave no real (unmasked) tokens to the blocks of {blocks!r}")
+    return (1.0 - sums / counts).float()
 
 
 def prune_layers_(model: nn.Module, n: Optional[int] = None, *, amount: Optional[float] = None,

@@ -18,8 +18,10 @@ FFN neurons, on BERT-style layers (``layer.intermediate.dense`` -> activation ->
     neuron j is row j of intermediate.dense and column j of output.dense.
 
 Importance (the lowest scores go): the Ln norm of a unit's weights, a user's scores, or, for heads and
-FFN neurons, calibration statistics: the mean over tokens of the L2 norm of the unit's contribution to
-the block's output (head h: ||ctx_h W_o[:, h]^T||; neuron j: sqrt(E[a_j^2]) * ||W_out[:, j]||).
+FFN neurons, calibration statistics of the unit's contribution to the block's output (head h: the
+mean over real tokens of ||ctx_h W_o[:, h]^T||; neuron j: sqrt(E[a_j^2]) * ||W_out[:, j]||). With
+calibration data the removed units' mean contribution is folded into the output projection's bias
+(b += W_out[:, removed] E[a_removed]), so that the block's output keeps its mean.
 Per layer, round((1 - amount) * n) units are kept, at least 1, rounded to a multiple of ``round_to``
 where asked. Parameters are replaced by smaller ones: optimizers built before pruning must be rebuilt.
 """
@@ -120,9 +122,8 @@ def structured_prune_(model: nn.Module, config: StructuredPruneConfig, *, exampl
         raise ValueError("structured_prune_: importance='data' needs data (calibration batches)")
     calibration = data if config.importance == "data" else None
     if config.target == "heads":
-        return prune_heads_(model, config.amount, scores=head_importance(model, calibration, norm=config.norm))
-    return prune_ffn_(model, config.amount, scores=ffn_importance(model, calibration, norm=config.norm),
-                      round_to=config.round_to)
+        return prune_heads_(model, config.amount, data=calibration, norm=config.norm)
+    return prune_ffn_(model, config.amount, data=calibration, norm=config.norm, round_to=config.round_to)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,11 +147,11 @@ def _check_round_to(fn: str, round_to) -> None:
 
 
 def kept_count(n: int, amount: float, round_to: int = 1) -> int:
-    """Units kept out of ``n``: round((1 - amount) * n), at least 1, then the nearest multiple of
-    ``round_to`` (at least ``round_to``, at most ``n``)."""
+    """Units kept out of ``n``: round((1 - amount) * n) (the count ln_structured_mask keeps), at least
+    1, then the nearest multiple of ``round_to`` (ties up; at least ``round_to``, at most ``n``)."""
     keep = max(1, int(round((1.0 - amount) * n)))
     if round_to > 1:
-        keep = min(n, max(round_to, round_to * int(round(keep / round_to))))
+        keep = min(n, max(round_to, round_to * math.floor(keep / round_to + 0.5)))
     return keep
 
 
@@ -195,7 +196,7 @@ def _eval_mode(model: nn.Module):
             m.training = mode
 
 
-def forward_batch(model: nn.Module, batch):
+def _forward_batch(model: nn.Module, batch):
     """``model(**batch)`` for a dict (a Hugging Face batch), ``model(*batch)`` for a tuple or list,
     else ``model(batch)``."""
     if isinstance(batch, dict):
@@ -205,7 +206,7 @@ def forward_batch(model: nn.Module, batch):
     return model(batch)
 
 
-def token_mask(batch, shape) -> Optional[Tensor]:
+def _token_mask(batch, shape) -> Optional[Tensor]:
     """The batch's ``attention_mask`` as booleans when it matches the leading dims ``shape`` of a
     hidden state (so that padding tokens are left out of statistics), else None (every token counts)."""
     if isinstance(batch, dict) and isinstance(batch.get("attention_mask"), Tensor):
@@ -237,7 +238,7 @@ def count_macs(model: nn.Module, example_inputs) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear,) + _CONVS)]
     try:
         with _eval_mode(model):
-            forward_batch(model, example_inputs)
+            _forward_batch(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -580,30 +581,29 @@ def ffn_blocks(model: nn.Module) -> list:
     return found
 
 
-def _heads(attention: nn.Module, name: str) -> tuple[int, int]:
+def _heads(attention: nn.Module, name: str, fn: str) -> tuple[int, int]:
     inner = attention.self
     heads, size = inner.num_attention_heads, inner.attention_head_size
     widths = {p: getattr(inner, p).out_features for p in ("query", "key", "value")}
     widths["output.dense in"] = attention.output.dense.in_features
     if any(w != heads * size for w in widths.values()):
-        raise ValueError(f"prune_heads_: {name!r} has num_attention_heads={heads}, attention_head_size={size} "
+        raise ValueError(f"{fn}: {name!r} has num_attention_heads={heads}, attention_head_size={size} "
                          f"but widths {widths}; expected {heads * size}")
     return heads, size
 
 
 def _calibrate(model: nn.Module, data: Iterable, hooks: list, fn: str) -> None:
-    """Run every batch of ``data`` through ``model`` with ``hooks`` [(module, pre_hook(module, args, batch))]."""
-    handles = []
+    """Run every batch of ``data`` through ``model`` in eval mode, with ``hooks`` [(module,
+    hook(module, args, output, batch))] registered as forward hooks."""
     current = {}
-    for module, hook in hooks:
-        handles.append(module.register_forward_pre_hook(
-            lambda m, args, hook=hook: hook(m, args, current["batch"])))
+    handles = [module.register_forward_hook(lambda m, args, out, hook=hook: hook(m, args, out, current["batch"]))
+               for module, hook in hooks]
     batches = 0
     try:
         with _eval_mode(model):
             for batch in data:
                 current["batch"] = batch
-                forward_batch(model, batch)
+                _forward_batch(model, batch)
                 batches += 1
     finally:
         for h in handles:
@@ -612,11 +612,56 @@ def _calibrate(model: nn.Module, data: Iterable, hooks: list, fn: str) -> None:
         raise ValueError(f"{fn}: data yielded no batches")
 
 
+def _check_tokens(fn: str, counts: dict) -> None:
+    empty = [name for name, count in counts.items() if count == 0]
+    if empty:
+        raise ValueError(f"{fn}: data gave no real (unmasked) tokens to {', '.join(empty)}")
+
+
 def _masked_tokens(x: Tensor, batch) -> Tensor:
     """The rows of x [..., features] that are real tokens (not padding), as [tokens, features]."""
-    mask = token_mask(batch, x.shape[:-1])
+    mask = _token_mask(batch, x.shape[:-1])
     flat = x.detach().float()
     return flat[mask] if mask is not None else flat.reshape(-1, x.shape[-1])
+
+
+def _weight_head_scores(blocks: list, shapes: dict, norm: float) -> dict:
+    scores = {}
+    for name, attn in blocks:
+        heads, _ = shapes[name]
+        parts = [getattr(attn.self, p).weight.detach().float().view(heads, -1) for p in ("query", "key", "value")]
+        parts.append(attn.output.dense.weight.detach().float().t().reshape(heads, -1))
+        scores[name] = torch.linalg.vector_norm(torch.cat(parts, 1), ord=norm, dim=1)
+    return scores
+
+
+def _data_head_scores(model: nn.Module, blocks: list, shapes: dict, data: Iterable) -> tuple[dict, dict]:
+    """(scores, means): the mean over real tokens of ||ctx_h W_o[:, h]^T||_2 per head, and the mean
+    input of output.dense, per attention module."""
+    sums = {name: torch.zeros(shapes[name][0], dtype=torch.float64) for name, _ in blocks}
+    totals = {name: torch.zeros(shapes[name][0] * shapes[name][1], dtype=torch.float64) for name, _ in blocks}
+    counts = dict.fromkeys(sums, 0)
+
+    def observe(name):
+        heads, size = shapes[name]
+
+        def hook(dense, args, output, batch):
+            ctx = _masked_tokens(args[0], batch)
+            w = dense.weight.detach().float().view(dense.out_features, heads, size)
+            # ||ctx_h W_h^T||^2 = ctx_h (W_h^T W_h) ctx_h^T: d x d per head instead of d x out.
+            gram = torch.einsum("ohd,ohe->hde", w, w)
+            per_head = ctx.view(-1, heads, size)
+            squared = (torch.einsum("thd,hde->the", per_head, gram) * per_head).sum(-1)
+            sums[name] += squared.clamp(min=0).sqrt().sum(0).double().cpu()
+            totals[name] += ctx.sum(0).double().cpu()
+            counts[name] += ctx.shape[0]
+
+        return hook
+
+    _calibrate(model, data, [(attn.output.dense, observe(name)) for name, attn in blocks], "head_importance")
+    _check_tokens("head_importance", counts)
+    return ({name: (sums[name] / counts[name]).float() for name in sums},
+            {name: (totals[name] / counts[name]).float() for name in sums})
 
 
 def head_importance(model: nn.Module, data: Optional[Iterable] = None, *, norm: float = 2.0) -> dict:
@@ -624,36 +669,34 @@ def head_importance(model: nn.Module, data: Optional[Iterable] = None, *, norm: 
     value rows and output.dense columns. With data (batches of model inputs): the mean over real tokens
     of the L2 norm of each head's contribution ctx_h @ W_o[:, h]^T to the attention output."""
     _check_norm("head_importance", norm)
-    blocks = attention_blocks(model)
-    if not blocks:
-        raise ValueError("head_importance: the model has no BERT-style attention (module.self.query/key/value "
-                         "and module.output.dense)")
-    shapes = {name: _heads(attn, name) for name, attn in blocks}
+    blocks = _attention_or_raise(model, "head_importance")
+    shapes = {name: _heads(attn, name, "head_importance") for name, attn in blocks}
     if data is None:
-        scores = {}
-        for name, attn in blocks:
-            heads, size = shapes[name]
-            parts = [getattr(attn.self, p).weight.detach().float().view(heads, -1) for p in ("query", "key", "value")]
-            parts.append(attn.output.dense.weight.detach().float().t().reshape(heads, -1))
-            scores[name] = torch.linalg.vector_norm(torch.cat(parts, 1), ord=norm, dim=1)
-        return scores
-    sums = {name: torch.zeros(shapes[name][0]) for name, _ in blocks}
-    counts = {name: 0 for name, _ in blocks}
+        return _weight_head_scores(blocks, shapes, norm)
+    return _data_head_scores(model, blocks, shapes, data)[0]
+
+
+def _data_ffn_scores(model: nn.Module, blocks: list, data: Iterable) -> tuple[dict, dict]:
+    """(scores, means): sqrt(E[a_j^2]) * ||W_out[:, j]||_2 and E[a_j] over real tokens, per FFN."""
+    squares = {name: torch.zeros(layer.output.dense.in_features, dtype=torch.float64) for name, layer in blocks}
+    totals = {name: torch.zeros_like(squares[name]) for name in squares}
+    counts = dict.fromkeys(squares, 0)
 
     def observe(name):
-        heads, size = shapes[name]
-
-        def hook(dense, args, batch):
-            ctx = _masked_tokens(args[0], batch).view(-1, heads, size)
-            w = dense.weight.detach().float().view(dense.out_features, heads, size)
-            contribution = torch.einsum("thd,ohd->tho", ctx, w)
-            sums[name] += torch.linalg.vector_norm(contribution, dim=-1).sum(0).cpu()
-            counts[name] += ctx.shape[0]
+        def hook(dense, args, output, batch):
+            a = _masked_tokens(args[0], batch)
+            squares[name] += a.square().sum(0).double().cpu()
+            totals[name] += a.sum(0).double().cpu()
+            counts[name] += a.shape[0]
 
         return hook
 
-    _calibrate(model, data, [(attn.output.dense, observe(name)) for name, attn in blocks], "head_importance")
-    return {name: sums[name] / max(counts[name], 1) for name in sums}
+    _calibrate(model, data, [(layer.output.dense, observe(name)) for name, layer in blocks], "ffn_importance")
+    _check_tokens("ffn_importance", counts)
+    scores = {name: (squares[name] / counts[name]).sqrt().float()
+              * torch.linalg.vector_norm(layer.output.dense.weight.detach().float(), dim=0).cpu()
+              for name, layer in blocks}
+    return scores, {name: (totals[name] / counts[name]).float() for name in squares}
 
 
 def ffn_importance(model: nn.Module, data: Optional[Iterable] = None, *, norm: float = 2.0) -> dict:
@@ -661,27 +704,42 @@ def ffn_importance(model: nn.Module, data: Optional[Iterable] = None, *, norm: f
     row. With data: sqrt(E[a_j^2]) over real tokens times ||W_out[:, j]||_2, the scale of neuron j's
     contribution to the layer's output."""
     _check_norm("ffn_importance", norm)
-    blocks = ffn_blocks(model)
-    if not blocks:
-        raise ValueError("ffn_importance: the model has no BERT-style FFN (module.intermediate.dense and "
-                         "module.output.dense)")
+    blocks = _ffn_or_raise(model, "ffn_importance")
     if data is None:
         return {name: channel_norms(layer.intermediate.dense, norm) for name, layer in blocks}
-    squares = {name: torch.zeros(layer.output.dense.in_features) for name, layer in blocks}
-    counts = {name: 0 for name, _ in blocks}
+    return _data_ffn_scores(model, blocks, data)[0]
 
-    def observe(name):
-        def hook(dense, args, batch):
-            a = _masked_tokens(args[0], batch)
-            squares[name] += a.square().sum(0).cpu()
-            counts[name] += a.shape[0]
 
-        return hook
+def _attention_or_raise(model: nn.Module, fn: str) -> list:
+    blocks = attention_blocks(model)
+    if not blocks:
+        raise ValueError(f"{fn}: the model has no BERT-style attention (module.self.query/key/value and "
+                         "module.output.dense)")
+    return blocks
 
-    _calibrate(model, data, [(layer.output.dense, observe(name)) for name, layer in blocks], "ffn_importance")
-    return {name: (squares[name] / max(counts[name], 1)).sqrt()
-            * torch.linalg.vector_norm(layer.output.dense.weight.detach().float(), dim=0).cpu()
-            for name, layer in blocks}
+
+def _ffn_or_raise(model: nn.Module, fn: str) -> list:
+    blocks = ffn_blocks(model)
+    if not blocks:
+        raise ValueError(f"{fn}: the model has no BERT-style FFN (module.intermediate.dense and module.output.dense)")
+    return blocks
+
+
+def _compensate_(dense: nn.Linear, removed: Tensor, mean: Tensor) -> None:
+    """Fold the mean contribution of the removed inputs into the bias: the output keeps its mean and
+    only loses the removed inputs' fluctuation around it."""
+    removed = removed.to(dense.weight.device)
+    shift = dense.weight.detach()[:, removed] @ mean.to(dense.weight)[removed]
+    if dense.bias is None:
+        dense.bias = nn.Parameter(shift)
+    else:
+        dense.bias = nn.Parameter(dense.bias.detach() + shift, requires_grad=dense.bias.requires_grad)
+
+
+def _removed(size: int, kept: Tensor) -> Tensor:
+    removed = torch.ones(size, dtype=torch.bool)
+    removed[kept.cpu()] = False
+    return removed
 
 
 def _check_scores(fn: str, scores: dict, sizes: dict) -> None:
@@ -696,27 +754,35 @@ def _check_scores(fn: str, scores: dict, sizes: dict) -> None:
         raise ValueError(f"{fn}: scores must cover every block (missing {', '.join(missing)})")
 
 
-def prune_heads_(model: nn.Module, amount: float, *, scores: Optional[dict] = None, norm: float = 2.0) -> nn.Module:
+def prune_heads_(model: nn.Module, amount: float, *, data: Optional[Iterable] = None, scores: Optional[dict] = None,
+                 norm: float = 2.0) -> nn.Module:
     """Remove the fraction ``amount`` of the attention heads of every BERT-style attention module (at
-    least one head stays), ranked by ``scores`` (attention name -> [heads], e.g. from head_importance
-    with data) or by their weights' Ln norm. Shrinks query, key, value and output.dense in place and
-    updates num_attention_heads and all_head_size; returns ``model``."""
+    least one head stays) and return ``model``, shrunk in place: query, key, value and output.dense,
+    with num_attention_heads and all_head_size updated.
+
+    Heads are ranked by ``scores`` (attention name -> [heads]) where given; else, with ``data``
+    (calibration batches of model inputs), by their mean output norm (head_importance with data);
+    else by their weights' Ln norm. With data the mean contribution of the removed heads is also
+    folded into output.dense's bias."""
     _check_amount("prune_heads_", amount)
-    blocks = attention_blocks(model)
-    if not blocks:
-        raise ValueError("prune_heads_: the model has no BERT-style attention (module.self.query/key/value and "
-                         "module.output.dense)")
-    shapes = {name: _heads(attn, name) for name, attn in blocks}
-    if scores is None:
-        scores = head_importance(model, norm=norm)
-    _check_scores("prune_heads_", scores, {name: heads for name, (heads, _) in shapes.items()})
+    blocks = _attention_or_raise(model, "prune_heads_")
+    shapes = {name: _heads(attn, name, "prune_heads_") for name, attn in blocks}
     for name, attn in blocks:
         for part in ("self.query", "self.key", "self.value", "output.dense"):
             _check_plain("prune_heads_", f"{name}.{part}", attn.get_submodule(part))
+    means = None
+    if data is not None:
+        data_scores, means = _data_head_scores(model, blocks, shapes, data)
+        scores = data_scores if scores is None else scores
+    elif scores is None:
+        scores = _weight_head_scores(blocks, shapes, norm)
+    _check_scores("prune_heads_", scores, {name: heads for name, (heads, _) in shapes.items()})
     for name, attn in blocks:
         heads, size = shapes[name]
         keep = _keep_indices(scores[name], kept_count(heads, amount))
         index = _block_index(keep, size)
+        if means is not None:
+            _compensate_(attn.output.dense, _removed(heads * size, index), means[name])
         for part in ("query", "key", "value"):
             linear = getattr(attn.self, part)
             _slice_(linear, "weight", index, 0)
@@ -729,27 +795,34 @@ def prune_heads_(model: nn.Module, amount: float, *, scores: Optional[dict] = No
     return model
 
 
-def prune_ffn_(model: nn.Module, amount: float, *, scores: Optional[dict] = None, norm: float = 2.0,
-               round_to: int = 1) -> nn.Module:
-    """Remove the fraction ``amount`` of the inner neurons of every BERT-style FFN, ranked by ``scores``
-    (layer name -> [inner], e.g. from ffn_importance with data) or by the Ln norm of their
-    intermediate.dense rows; kept counts rounded to a multiple of ``round_to``. When every layer ends
-    with the same inner size, ``model.config.intermediate_size`` is set to it. Returns ``model``."""
+def prune_ffn_(model: nn.Module, amount: float, *, data: Optional[Iterable] = None, scores: Optional[dict] = None,
+               norm: float = 2.0, round_to: int = 1) -> nn.Module:
+    """Remove the fraction ``amount`` of the inner neurons of every BERT-style FFN (kept counts rounded
+    to a multiple of ``round_to``) and return ``model``, shrunk in place.
+
+    Neurons are ranked by ``scores`` (layer name -> [inner]) where given; else, with ``data``, by
+    sqrt(E[a_j^2]) * ||W_out[:, j]|| (ffn_importance with data); else by the Ln norm of their
+    intermediate.dense rows. With data the removed neurons' mean contribution is folded into
+    output.dense's bias. When every layer ends with the same inner size,
+    ``model.config.intermediate_size`` is set to it."""
     _check_amount("prune_ffn_", amount)
     _check_round_to("prune_ffn_", round_to)
-    blocks = ffn_blocks(model)
-    if not blocks:
-        raise ValueError("prune_ffn_: the model has no BERT-style FFN (module.intermediate.dense and "
-                         "module.output.dense)")
-    if scores is None:
-        scores = ffn_importance(model, norm=norm)
-    _check_scores("prune_ffn_", scores, {name: layer.intermediate.dense.out_features for name, layer in blocks})
+    blocks = _ffn_or_raise(model, "prune_ffn_")
     for name, layer in blocks:
         _check_plain("prune_ffn_", f"{name}.intermediate.dense", layer.intermediate.dense)
         _check_plain("prune_ffn_", f"{name}.output.dense", layer.output.dense)
+    means = None
+    if data is not None:
+        data_scores, means = _data_ffn_scores(model, blocks, data)
+        scores = data_scores if scores is None else scores
+    elif scores is None:
+        scores = {name: channel_norms(layer.intermediate.dense, norm) for name, layer in blocks}
+    _check_scores("prune_ffn_", scores, {name: layer.intermediate.dense.out_features for name, layer in blocks})
     for name, layer in blocks:
         up, down = layer.intermediate.dense, layer.output.dense
         keep = _keep_indices(scores[name], kept_count(up.out_features, amount, round_to))
+        if means is not None:
+            _compensate_(down, _removed(up.out_features, keep), means[name])
         _slice_(up, "weight", keep, 0)
         _slice_(up, "bias", keep, 0)
         up.out_features = len(keep)
@@ -765,6 +838,6 @@ def prune_ffn_(model: nn.Module, amount: float, *, scores: Optional[dict] = None
 
 __all__ = [
     "ChannelGroup", "StructuredPruneConfig", "attention_blocks", "channel_norms", "count_macs", "count_params",
-    "ffn_blocks", "ffn_importance", "forward_batch", "head_importance", "kept_count", "prune_channels_",
-    "prune_ffn_", "prune_heads_", "structured_prune_", "token_mask", "trace_channel_groups",
+    "ffn_blocks", "ffn_importance", "head_importance", "kept_count", "prune_channels_", "prune_ffn_",
+    "prune_heads_", "structured_prune_", "trace_channel_groups",
 ]
