@@ -20,7 +20,7 @@ from pycompress.nn import (  # noqa: E402
     TernaryLinear,
     WeightOnlyInt8Linear,
 )
-from pycompress.prune.configs import Sparse24Config, SparseConfig  # noqa: E402
+from pycompress.prune.configs import Sparse24Config, SparseConfig, StructuredPruneConfig  # noqa: E402
 from pycompress.quant import Quantizer  # noqa: E402
 from pycompress.quant.configs import (  # noqa: E402
     BinaryConfig,
@@ -51,6 +51,7 @@ __all__ = [
     "Sparse24Linear",
     "SparseConfig",
     "SparseLinear",
+    "StructuredPruneConfig",
     "convert",
     "prepare_qat",
     "Quantizer",

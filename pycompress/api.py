@@ -37,7 +37,9 @@ class Handler:
     ``applies(module) -> bool``: which modules are offered. ``observer(config)``: None for configs that
     need no data, else a factory of the Observer that watches each offered module's input.
     ``prepare(model, candidates, config, calibration)``: optional model-level work before any module is
-    converted (e.g. pruning that calibrates layer after layer), given the offered (name, module) pairs.
+    converted (e.g. pruning that calibrates layer after layer, or structural pruning that reshapes
+    neighbouring layers), given the offered (name, module) pairs; it may return a dict with
+    ``"changed"`` and ``"skipped"`` (name -> what / why) for the report.
     """
 
     convert: Callable
@@ -110,7 +112,9 @@ def compress_(
         if handler.applies(module) and (filter_fn is None or filter_fn(module, name))
     ]
     if handler.prepare is not None:
-        handler.prepare(model, candidates, config, calibration)
+        outcome = handler.prepare(model, candidates, config, calibration) or {}
+        report.replaced.update(outcome.get("changed", {}))
+        report.skipped.update(outcome.get("skipped", {}))
     observers = {}
     make_observer = handler.observer(config) if handler.observer is not None else None
     if make_observer is not None:

@@ -1,4 +1,5 @@
-"""Sparsity configs for ``pycompress.compress_``: prune, then pack into a sparse format where that is faster.
+"""Pruning configs for ``pycompress.compress_``: sparse formats where they are faster, and physical
+structured pruning.
 
 ``Sparse24Config`` prunes each nn.Linear to 2:4 (magnitude, Wanda or SparseGPT; or packs weights that
 are already 2:4 with ``method=None``) and packs it as a Sparse24Linear. ``SparseConfig`` prunes to
@@ -6,6 +7,11 @@ are already 2:4 with ``method=None``) and packs it as a Sparse24Linear. ``Sparse
 BSR. The pruning always happens; the packed format replaces the layer only where it is measured faster
 than the dense layer on this device at ``tokens`` input rows (``min_speedup``; None packs every
 layer without timing). A layer kept dense keeps its pruned weights and is reported with the reason.
+
+``StructuredPruneConfig`` (pycompress.prune.physical) removes channels, attention heads or FFN neurons
+for real: the layers become smaller dense layers. With target="channels", ``filter_fn`` picks the
+producer layers and the first calibration batch traces the model; heads and ffn apply to every
+BERT-style block (calibration batches feed importance="data").
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pycompress.nn.sparse import Sparse24Linear, SparseLinear
 from pycompress.ops.sparse import BSR_BLOCKS
 from pycompress.prune.masks import apply_mask, make_permanent, topk_mask
 from pycompress.prune.methods import PruneConfig, prune_
+from pycompress.prune.physical import StructuredPruneConfig, prune_channels_, structured_prune_, trace_channel_groups
 from pycompress.quant.configs import linear_skip_reason
 from pycompress.timing import speedup
 
@@ -145,3 +152,37 @@ def _convert(module, config, observer, name):
 
 register_handler(Sparse24Config, prepare=_prepare)(_convert)
 register_handler(SparseConfig, prepare=_prepare)(_convert)
+
+
+def _linear_or_conv(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Conv2d))
+
+
+def _shapes(model: nn.Module) -> dict:
+    return {name: tuple(m.weight.shape) for name, m in model.named_modules() if _linear_or_conv(m)}
+
+
+def _structured_prepare(model: nn.Module, candidates: list, config: StructuredPruneConfig, calibration) -> dict:
+    before = _shapes(model)
+    skipped = {}
+    if config.target == "channels":
+        if calibration is None:
+            raise ValueError("compress_: StructuredPruneConfig(target='channels') needs calibration= (model inputs; "
+                             "the first batch traces the channel dependencies)")
+        example = next(iter(calibration))
+        groups, reasons = trace_channel_groups(model, example)
+        producers = [name for name, _ in candidates if name in groups]
+        skipped = {name: f"channels kept: {reasons[name]}" for name, _ in candidates if name in reasons}
+        if producers:
+            prune_channels_(model, config.amount, example_inputs=example, layers=producers, norm=config.norm,
+                            round_to=config.round_to)
+    else:
+        structured_prune_(model, config, data=calibration)
+    after = _shapes(model)
+    changed = {name: f"{list(before[name])} -> {list(shape)}" for name, shape in after.items()
+               if name in before and before[name] != shape}
+    return {"changed": changed, "skipped": skipped}
+
+
+register_handler(StructuredPruneConfig, applies=_linear_or_conv, prepare=_structured_prepare)(
+    lambda module, config, observer, name: None)
