@@ -9,6 +9,11 @@ what each design promises, on both archs:
     only the AND form, two AND BMMAs per XOR product) fed by cp.async and ldmatrix; the weight-only
     GEMV kernels stream with 16-byte loads (LDG.E.128); pack_bits packs with a warp ballot (VOTE); no
     kernel of the file spills to local memory (LDL/STL).
+  sparse24.cu: the float16 / bfloat16 2:4 GEMM uses the sparse tensor cores (HMMA.SP.16832, the same
+    mma.sp form on sm_80 and sm_90a) fed by cp.async and ldmatrix; the float32 GEMM runs on FFMA;
+    compress moves whole 16-byte vectors when aligned; no kernel spills.
+  sparse.cu: the float16 / bfloat16 BSR GEMM uses the dense tensor cores (HMMA.16816) fed by cp.async
+    and ldmatrix; the CSR GEMM walks rows with warp ballots (VOTE) and shuffles; no kernel spills.
 The torch registration files (csrc/cuda/*.cpp) are syntax-checked by the host compiler against torch's
 headers, which works with a CPU-only torch because it ships the c10/cuda headers (its generated
 cuda_cmake_macros.h is replaced by -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE).
@@ -285,3 +290,78 @@ def test_pack_bits_uses_warp_ballot(sass, arch):
     assert len(kernels) == 4, f"expected 4 pack_bits_kernel instantiations, found {sorted(kernels)}"
     for name, ops in kernels.items():
         assert _count(ops, "VOTE") > 0, f"{name} ({arch}) does not pack with a warp ballot"
+
+
+def _spills(ops: collections.Counter) -> int:
+    return _count(ops, "LDL") + _count(ops, "STL")
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("source", ["sparse24.cu", "sparse.cu"])
+def test_sparse_kernels_do_not_spill(sass, source, arch):
+    functions = sass(source, arch)
+    assert functions, f"{source} ({arch}) holds no kernels"
+    for name, ops in functions.items():
+        assert _spills(ops) == 0, f"{name} ({arch}) uses local memory ({_spills(ops)} LDL/STL)"
+
+
+# The MMA forms per operand type (float32 accumulate); the 2:4 GEMM's mma.sp::ordered_metadata
+# m16n8k32 is HMMA.SP.16832 on both archs.
+SPARSE_HMMA = {"bfloat16": "HMMA.SP.16832.F32.BF16", "half": "HMMA.SP.16832.F32"}
+DENSE_HMMA = {"bfloat16": "HMMA.16816.F32.BF16", "half": "HMMA.16816.F32"}
+
+
+def _operand_type(kernel_name: str) -> str:
+    return "bfloat16" if "__nv_bfloat16" in kernel_name else "half"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_sparse24_mm_uses_sparse_tensor_cores(sass, arch):
+    functions = sass("sparse24.cu", arch)
+    gemms = {name: ops for name, ops in functions.items() if "sparse24_mm_kernel" in name}
+    # 3 tile shapes (large, medium, decode) x 2 operand types x 2 load paths (cp.async, elementwise).
+    assert len(gemms) == 12, f"expected 12 sparse24_mm_kernel instantiations, found {sorted(gemms)}"
+    assert {_operand_type(name) for name in gemms} == {"bfloat16", "half"}
+    for name, ops in gemms.items():
+        form = SPARSE_HMMA[_operand_type(name)]
+        assert ops[form] > 0, f"{name} ({arch}) has no {form}: {ops}"
+        assert ops[form] == _count(ops, "HMMA"), f"{name} ({arch}): unexpected HMMA forms {ops}"
+        assert _count(ops, "LDSM") > 0, f"{name} ({arch}) does not read fragments with ldmatrix"
+    assert sum(_count(ops, "LDGSTS") > 0 for ops in gemms.values()) == 6, f"cp.async path missing on {arch}"
+    simt = {name: ops for name, ops in functions.items() if "sparse24_mm_simt_kernel" in name}
+    assert len(simt) == 2, f"expected 2 float32 sparse24_mm kernels, found {sorted(simt)}"
+    for name, ops in simt.items():
+        assert _count(ops, "FFMA") > 0 and _count(ops, "HMMA") == 0, f"{name} ({arch}): {ops}"
+    compress = {name: ops for name, ops in functions.items() if "sparse24_compress_kernel" in name}
+    # One instantiation per element width (16, 32 bits) and load path (16-byte vectors, elementwise).
+    assert len(compress) == 4, f"expected 4 sparse24_compress_kernel instantiations, found {sorted(compress)}"
+    assert sum(_count(ops, "LDG.E.128") > 0 for ops in compress.values()) == 2, f"vector path missing on {arch}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_bsr_mm_uses_tensor_cores(sass, arch):
+    functions = sass("sparse.cu", arch)
+    gemms = {name: ops for name, ops in functions.items() if "bsr_mm_kernel" in name}
+    # 3 block sizes x 2 tile shapes (decode, wide) x 2 operand types.
+    assert len(gemms) == 12, f"expected 12 bsr_mm_kernel instantiations, found {sorted(gemms)}"
+    for name, ops in gemms.items():
+        form = DENSE_HMMA[_operand_type(name)]
+        assert ops[form] > 0, f"{name} ({arch}) has no {form}: {ops}"
+        assert ops[form] == _count(ops, "HMMA"), f"{name} ({arch}): unexpected HMMA forms {ops}"
+        assert _count(ops, "LDSM") > 0, f"{name} ({arch}) does not read fragments with ldmatrix"
+        assert _count(ops, "LDGSTS") > 0, f"{name} ({arch}) does not stage tiles with cp.async"
+    simt = {name: ops for name, ops in functions.items() if "bsr_mm_simt_kernel" in name}
+    assert len(simt) == 6, f"expected 6 float32 bsr_mm kernels, found {sorted(simt)}"
+    for name, ops in simt.items():
+        assert _count(ops, "FFMA") > 0 and _count(ops, "HMMA") == 0, f"{name} ({arch}): {ops}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_csr_mm_walks_rows_with_warp_collectives(sass, arch):
+    kernels = {name: ops for name, ops in sass("sparse.cu", arch).items() if "csr_mm_kernel" in name}
+    # 6 tile heights of x (1, 2, 4, 8, 16, 32 rows) x 3 dtypes.
+    assert len(kernels) == 18, f"expected 18 csr_mm_kernel instantiations, found {sorted(kernels)}"
+    for name, ops in kernels.items():
+        assert _count(ops, "VOTE") > 0, f"{name} ({arch}) does not count entries with a warp ballot"
+        assert _count(ops, "SHFL") > 0, f"{name} ({arch}) does not broadcast entries with shuffles"
+        assert _count(ops, "FFMA") > 0, f"{name} ({arch}) has no FFMA"

@@ -1,0 +1,791 @@
+// CUDA kernels of the unstructured sparse family: the CSR GEMM on the CUDA cores (all float dtypes),
+// and the block-sparse (BSR, blocks of 16, 32 or 64) GEMM on the tensor cores (mma.sync m16n8k16, f32
+// accumulate) for float16 / bfloat16, with a CUDA-core (SIMT) kernel for float32.
+//
+// EXPERIMENTAL: these kernels have been compiled (sm_80, sm_90a) and their SASS checked, but they have
+// not yet run on a GPU. The backend registry marks the CUDA backend experimental until its tests pass
+// on real hardware.
+//
+// Contract: csrc/include/pycompress/sparse_cuda.h and pycompress/ops/sparse.py (the references).
+// Products are summed in float32 in any order and rounded once; the index arrays are trusted.
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "pycompress/cuda_common.cuh"
+#include "pycompress/sparse_cuda.h"
+
+namespace pycompress {
+namespace {
+
+// In PTX for the same reason as ieee_mul (cuda_common.cuh): --use_fast_math would flush subnormals.
+__device__ __forceinline__ float ieee_fma(float a, float b, float c) {
+  float r;
+  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
+  return r;
+}
+
+// An element type as raw bits (Bits), widened exactly to float32.
+template <typename T>
+struct Element;
+template <>
+struct Element<float> {
+  using Bits = uint32_t;
+  __device__ static float to_float(Bits b) { return __uint_as_float(b); }
+};
+template <>
+struct Element<__half> {
+  using Bits = uint16_t;
+  __device__ static float to_float(Bits b) { return __half2float(__ushort_as_half(b)); }
+};
+template <>
+struct Element<__nv_bfloat16> {
+  using Bits = uint16_t;
+  __device__ static float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+};
+
+__device__ __forceinline__ float load_bias(const void* bias, SparseDtype dtype, int64_t i) {
+  switch (dtype) {
+    case SparseDtype::kFloat16:
+      return Element<__half>::to_float(static_cast<const uint16_t*>(bias)[i]);
+    case SparseDtype::kBFloat16:
+      return Element<__nv_bfloat16>::to_float(static_cast<const uint16_t*>(bias)[i]);
+    default:
+      return static_cast<const float*>(bias)[i];
+  }
+}
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------------------------
+// csr_mm: out[m, n] = sum over the entries i of row n of values[i] * x[m, col[i]].
+//
+// A block of 8 warps owns 8 kRows weight rows (kRows per warp) and a tile of kMT rows of x. The tile
+// of x is staged in shared memory transposed (xs[k][m], kMT consecutive values per column k, in x's
+// dtype), over chunks of K that fit kCsrStageBytes. A warp walks each of its rows through a chunk in
+// batches of 32 entries: lane l loads entry cursor + l (coalesced col / value loads; one batch per row
+// is loaded for all rows at once so that kRows loads are in flight). The lanes are kMT "m-lanes" x
+// kE = 32 / kMT "entry-lanes" (lane = e * kMT + m): each step, entry-lane e takes batch entry j0 + e
+// (broadcast by shuffles) and m-lane m multiplies its value with xs[col][m], so every lane does one FMA
+// per step for any kMT. The entry-lanes' partial sums meet by shuffles at the end.
+// Columns are ascending within a row, so the entries of a chunk are a prefix of the row's remaining
+// entries: a batch's entries below the chunk's end are a prefix of the batch, and the cursor advances
+// by their count.
+
+constexpr int kCsrWarps = 8;
+constexpr int kCsrThreads = 32 * kCsrWarps;
+constexpr int kCsrStageBytes = 32768;
+
+// Staged elements per column k: kMT, padded so that the row stride is an odd number of 32-bit words
+// (the staging stores of a warp, one per column, then hit distinct banks).
+template <typename Bits, int kMT>
+__host__ __device__ constexpr int csr_stride() {
+  if (kMT == 1) return 1;
+  if (sizeof(Bits) == 4) return kMT % 2 == 1 ? kMT : kMT + 1;
+  return (kMT / 2) % 2 == 1 ? kMT : kMT + 2;
+}
+
+struct CsrArgs {
+  const void* x;
+  const int32_t* crow;
+  const int32_t* col;
+  const void* values;
+  const void* bias;
+  void* out;
+  int64_t M;
+  int64_t N;
+  int64_t K;
+  SparseDtype bias_dtype;
+};
+
+template <typename T, int kMT, int kRows>
+__global__ void __launch_bounds__(kCsrThreads, 2) csr_mm_kernel(const CsrArgs args) {
+  using Bits = typename Element<T>::Bits;
+  static_assert(32 % kMT == 0, "the m-lanes divide the warp");
+  constexpr int kE = 32 / kMT;
+  constexpr int kStride = csr_stride<Bits, kMT>();
+  constexpr int kChunk = kCsrStageBytes / (kStride * static_cast<int>(sizeof(Bits)));
+  __shared__ Bits xs[kChunk * kStride];
+
+  const int64_t M = args.M;
+  const int64_t N = args.N;
+  const int64_t K = args.K;
+  const int64_t tiles_m = ceil_div<int64_t>(M, kMT);
+  // Consecutive blocks share their weight rows (read from HBM once, then from L2).
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) % tiles_m * kMT;
+  const int64_t row_block = static_cast<int64_t>(blockIdx.x) / tiles_m;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int m = lane % kMT;
+  const int e_lane = lane / kMT;
+  const int64_t n_first = (row_block * kCsrWarps + warp) * kRows;
+
+  const Bits* __restrict__ x = static_cast<const Bits*>(args.x);
+  const Bits* __restrict__ values = static_cast<const Bits*>(args.values);
+  const int32_t* __restrict__ col = args.col;
+
+  int cursor[kRows];
+  int end[kRows];
+  float acc[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t n = n_first + r;
+    cursor[r] = n < N ? __ldg(args.crow + n) : 0;
+    end[r] = n < N ? __ldg(args.crow + n + 1) : 0;
+    acc[r] = 0.0f;
+  }
+
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int width = static_cast<int>(K - k0 < kChunk ? K - k0 : kChunk);
+    const int c_end = static_cast<int>(k0) + width;
+    if (k0 > 0) __syncthreads();  // every warp is done with the previous chunk
+    for (int mm = warp; mm < kMT; mm += kCsrWarps) {
+      const int64_t gm = m0 + mm;
+      const Bits* src = x + (gm < M ? gm : 0) * K + k0;
+      for (int kk = lane; kk < width; kk += 32) xs[kk * kStride + mm] = gm < M ? src[kk] : Bits(0);
+    }
+    __syncthreads();
+
+    // One batch per row in flight; entries past the row read as column INT_MAX (never taken).
+    int batch_col[kRows];
+    Bits batch_val[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int e = cursor[r] + lane;
+      const bool in = e < end[r];
+      batch_col[r] = in ? __ldg(col + e) : INT_MAX;
+      batch_val[r] = in ? values[e] : Bits(0);
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      int bc = batch_col[r];
+      Bits bv = batch_val[r];
+      while (true) {
+        const int taken = __popc(__ballot_sync(kFullMask, bc < c_end));
+        // j0 + e_lane <= 31: j0 is a multiple of kE below taken <= 32.
+        for (int j0 = 0; j0 < taken; j0 += kE) {
+          const int j = j0 + e_lane;
+          const int c = __shfl_sync(kFullMask, bc, j);
+          const Bits v = static_cast<Bits>(__shfl_sync(kFullMask, static_cast<uint32_t>(bv), j));
+          if (j < taken) {
+            const float xv = Element<T>::to_float(xs[(c - static_cast<int>(k0)) * kStride + m]);
+            acc[r] = ieee_fma(Element<T>::to_float(v), xv, acc[r]);
+          }
+        }
+        cursor[r] += taken;
+        if (taken < 32) break;
+        const int e = cursor[r] + lane;
+        const bool in = e < end[r];
+        bc = in ? __ldg(col + e) : INT_MAX;
+        bv = in ? values[e] : Bits(0);
+      }
+    }
+  }
+
+  T* __restrict__ out = static_cast<T*>(args.out);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    float v = acc[r];
+#pragma unroll
+    for (int offset = kMT; offset < 32; offset <<= 1) {
+      v = ieee_add(v, __shfl_xor_sync(kFullMask, v, offset));
+    }
+    const int64_t n = n_first + r;
+    const int64_t gm = m0 + m;
+    if (e_lane == 0 && n < N && gm < M) {
+      if (args.bias != nullptr) v = ieee_add(v, load_bias(args.bias, args.bias_dtype, n));
+      store_out(out + gm * N + n, v);
+    }
+  }
+}
+
+template <typename T, int kMT, int kRows>
+cudaError_t launch_csr_tiles(const CsrArgs& args, cudaStream_t stream) {
+  const int64_t tiles_m = ceil_div<int64_t>(args.M, kMT);
+  const int64_t row_blocks = ceil_div<int64_t>(args.N, kCsrWarps * kRows);
+  if (tiles_m * row_blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  csr_mm_kernel<T, kMT, kRows>
+      <<<dim3(static_cast<unsigned>(tiles_m * row_blocks)), kCsrThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+// The smallest x tile covering M (up to 32 rows per tile): unused m-lanes cost steps. Wider tiles
+// keep more rows per block, so that each staged chunk of x serves more entries.
+template <typename T>
+cudaError_t launch_csr_typed(const CsrArgs& args, cudaStream_t stream) {
+  if (args.M <= 1) return launch_csr_tiles<T, 1, 8>(args, stream);
+  if (args.M <= 2) return launch_csr_tiles<T, 2, 8>(args, stream);
+  if (args.M <= 4) return launch_csr_tiles<T, 4, 8>(args, stream);
+  if (args.M <= 8) return launch_csr_tiles<T, 8, 8>(args, stream);
+  if (args.M <= 16) return launch_csr_tiles<T, 16, 8>(args, stream);
+  return launch_csr_tiles<T, 32, 16>(args, stream);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// bsr_mm on the tensor cores (float16 / bfloat16): out^T = W x^T block by block, the B x B weight
+// blocks as the A operand of mma.sync m16n8k16 (rows: weight rows; K: the block's columns) and the
+// matching B-column slice of x as the B operand (N: rows of x).
+//
+// A block of 4 warps computes a kBM (x rows) x B (one block row of w) tile of out, looping over the
+// block row's non-zero blocks: each stage of a cp.async ring holds kWarpsK consecutive blocks (values
+// [B, B]) and their slices of x ([kBM, B]); warps are kWarpsM x kWarpsN over the output tile and
+// kWarpsK over the blocks of a stage (their partial sums meet in shared memory). Operands per lane
+// (lane = 4 g + t), from the PTX ISA's mma.m16n8k16 .f16/.bf16 fragment layouts:
+//   A: a0a1 = weight row g, columns 2t, 2t + 1 of the 16-column step; a2a3 = row g + 8; a4a5 = row g,
+//     columns 8 + 2t, 9 + 2t; a6a7 = row g + 8, same: ldmatrix.x4 over rows 0-15 x chunks 2 ks, 2 ks + 1.
+//   B: b0b1 = x row g, columns 2t, 2t + 1; b2b3 = columns 8 + 2t, 9 + 2t: ldmatrix.x4 gives them for
+//     two n8 tiles (x rows 0-7 and 8-15 of a 16-row group).
+//   D: d0, d1 = weight row g, x rows 2t and 2t + 1; d2, d3 = weight row g + 8.
+// The epilogue adds the bias in float32, casts, and writes out through shared memory in 16-byte row
+// segments.
+
+template <int kB_, int kBM_, int kWarpsM_, int kWarpsN_, int kWarpsK_>
+struct BsrTile {
+  static constexpr int kB = kB_;
+  static constexpr int kBM = kBM_;
+  static constexpr int kWarpsM = kWarpsM_;
+  static constexpr int kWarpsN = kWarpsN_;
+  static constexpr int kWarpsK = kWarpsK_;
+  static constexpr int kStages = 4;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN * kWarpsK;
+  static constexpr int kWN = kB / kWarpsN;   // weight rows per warp
+  static constexpr int kWM = kBM / kWarpsM;  // x rows per warp
+  static constexpr int kMI = kWN / 16;
+  static constexpr int kNI = kWM / 8;
+  static constexpr int kChunks = kB / 8;  // 16-byte chunks per row of a block or of a slice of x
+  static constexpr int kWBytes = kB * kB * 2;
+  static constexpr int kXBytes = kBM * kB * 2;
+  static constexpr int kStageBytes = kWarpsK * (kWBytes + kXBytes);
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  static constexpr int kAccPerLane = kMI * kNI * 4;
+  static constexpr int kRedBytes = (kWarpsK - 1) * kWarpsM * kWarpsN * kAccPerLane * 32 * 4;
+  // Staged output rows are padded by 8 elements: the rows 2t (t = 0..3) one store instruction writes
+  // then start on different banks, and 16-byte row segments stay aligned.
+  static constexpr int kOutStride = kB + 8;
+  static constexpr int kOutBytes = kBM * kOutStride * 2;
+  static constexpr int kSmemBytes =
+      kPipeBytes > kRedBytes + kOutBytes ? kPipeBytes : kRedBytes + kOutBytes;
+
+  static_assert(kThreads == 128, "4 warps");
+  static_assert(kWN % 16 == 0 && kWM % 16 == 0, "warp tiles are whole m16 tiles and n8 pairs");
+};
+
+// Decode (M <= 16): the warps split the non-zero blocks (blocks of 64 have 4 m16 tiles to share).
+using BsrDecode16 = BsrTile<16, 16, 1, 1, 4>;
+using BsrDecode32 = BsrTile<32, 16, 1, 2, 2>;
+using BsrDecode64 = BsrTile<64, 16, 1, 4, 1>;
+// Larger M: 64 rows of x per block, the warps over the output tile.
+using BsrWide16 = BsrTile<16, 64, 4, 1, 1>;
+using BsrWide32 = BsrTile<32, 64, 2, 2, 1>;
+using BsrWide64 = BsrTile<64, 64, 2, 2, 1>;
+
+struct BsrArgs {
+  const uint16_t* x;       // [M, K] float16 / bfloat16 bits
+  const int32_t* crow;     // [N / B + 1]
+  const int32_t* col;      // [nnzb]
+  const uint16_t* values;  // [nnzb, B, B]
+  const void* bias;
+  void* out;  // [M, N]
+  int64_t M;
+  int64_t N;
+  int64_t K;
+  SparseDtype bias_dtype;
+  bool async;         // x and values 16-byte aligned: tiles are staged by cp.async
+  bool vector_store;  // N % 8 == 0 and out 16-byte aligned
+};
+
+// See the 2:4 kernels (csrc/cuda/sparse24.cu): ldmatrix reads one chunk of 8 consecutive rows per
+// phase, and XOR-ing the chunk with a function of the row (the same for rows 8 apart) spreads them
+// over the 8 16-byte bank groups of a 128-byte line.
+template <int kChunks>
+__device__ __forceinline__ int swizzle_flip(int row) {
+  static_assert(kChunks == 2 || kChunks == 4 || kChunks == 8, "row size");
+  constexpr int kRowsPerLine = kChunks >= 8 ? 1 : 8 / kChunks;
+  return kChunks >= 8 ? (row & 7) : ((row / kRowsPerLine) & (kChunks - 1));
+}
+
+template <int kChunks>
+__device__ __forceinline__ uint32_t tile_offset(int row, int chunk) {
+  return static_cast<uint32_t>(row * kChunks * 16 + ((chunk ^ swizzle_flip<kChunks>(row)) << 4));
+}
+
+template <int kChunks>
+struct SwizzledRow {
+  uint32_t base;
+  int flip;
+  __device__ __forceinline__ SwizzledRow(int row)
+      : base(static_cast<uint32_t>(row * kChunks * 16)), flip(swizzle_flip<kChunks>(row)) {}
+  // Row row + rows_below (a multiple of 8), chunk `chunk`.
+  __device__ __forceinline__ uint32_t at(int rows_below, int chunk) const {
+    return base + static_cast<uint32_t>(rows_below * kChunks * 16 + ((chunk ^ flip) << 4));
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Eight consecutive 16-bit elements, packed for a 16-byte shared store (zeros when !valid).
+__device__ __forceinline__ void gather8(uint32_t (&w)[4], const uint16_t* src, bool valid) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) w[e] = 0u;
+  if (valid) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) w[e >> 1] |= static_cast<uint32_t>(src[e]) << (16 * (e & 1));
+  }
+}
+
+__device__ __forceinline__ void copy16(uint32_t dst, const uint16_t* src, bool valid, bool async) {
+  if (async) {
+    cp_async_16(dst, src, valid);
+  } else {
+    uint32_t w[4];
+    gather8(w, src, valid);
+    st_shared_16(dst, w);
+  }
+}
+
+// Stages blocks first .. first + kWarpsK - 1 of the block row (those below `end`) and their slices of
+// x (rows m0 .. m0 + kBM - 1, zero past M). Without args.async the copies are synchronous stores,
+// which the pipeline's barriers order as well.
+template <class Cfg>
+__device__ __forceinline__ void bsr_load_stage(uint32_t stage, const BsrArgs& a, int64_t m0,
+                                               int first, int end) {
+  const int tid = static_cast<int>(threadIdx.x);
+  constexpr int kWTotal = Cfg::kB * Cfg::kChunks;
+  constexpr int kXTotal = Cfg::kBM * Cfg::kChunks;
+#pragma unroll
+  for (int kk = 0; kk < Cfg::kWarpsK; ++kk) {
+    const int b = first + kk;
+    if (b >= end) break;
+    const uint32_t tile_w = stage + kk * (Cfg::kWBytes + Cfg::kXBytes);
+    const uint32_t tile_x = tile_w + Cfg::kWBytes;
+    const uint16_t* block = a.values + static_cast<int64_t>(b) * Cfg::kB * Cfg::kB;
+#pragma unroll
+    for (int i = 0; i < ceil_div(kWTotal, Cfg::kThreads); ++i) {
+      const int id = tid + i * Cfg::kThreads;
+      if (kWTotal % Cfg::kThreads == 0 || id < kWTotal) {
+        const int r = id / Cfg::kChunks;
+        const int c = id % Cfg::kChunks;
+        copy16(tile_w + tile_offset<Cfg::kChunks>(r, c), block + r * Cfg::kB + 8 * c, true,
+               a.async);
+      }
+    }
+    const int64_t k_first = static_cast<int64_t>(__ldg(a.col + b)) * Cfg::kB;
+#pragma unroll
+    for (int i = 0; i < ceil_div(kXTotal, Cfg::kThreads); ++i) {
+      const int id = tid + i * Cfg::kThreads;
+      if (kXTotal % Cfg::kThreads == 0 || id < kXTotal) {
+        const int r = id / Cfg::kChunks;
+        const int c = id % Cfg::kChunks;
+        const int64_t gm = m0 + r;
+        const bool valid = gm < a.M;
+        copy16(tile_x + tile_offset<Cfg::kChunks>(r, c),
+               a.x + (valid ? gm * a.K + k_first + 8 * c : 0), valid, a.async);
+      }
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <class Cfg, typename T>
+__global__ void __launch_bounds__(Cfg::kThreads) bsr_mm_kernel(const BsrArgs args) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int64_t M = args.M;
+  const int64_t N = args.N;
+  const int64_t tiles_m = ceil_div<int64_t>(M, Cfg::kBM);
+  // Consecutive blocks share their block row of w (read from HBM once, then from L2).
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) % tiles_m * Cfg::kBM;
+  const int64_t block_row = static_cast<int64_t>(blockIdx.x) / tiles_m;
+  const int64_t n0 = block_row * Cfg::kB;
+  const int start = __ldg(args.crow + block_row);
+  const int end = __ldg(args.crow + block_row + 1);
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int wm = warp % Cfg::kWarpsM;
+  const int wn = (warp / Cfg::kWarpsM) % Cfg::kWarpsN;
+  const int wk = warp / (Cfg::kWarpsM * Cfg::kWarpsN);
+
+  float acc[Cfg::kMI][Cfg::kNI][4];
+#pragma unroll
+  for (int mi = 0; mi < Cfg::kMI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < Cfg::kNI; ++ni)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[mi][ni][j] = 0.0f;
+
+  const int steps = (end - start + Cfg::kWarpsK - 1) / Cfg::kWarpsK;
+#pragma unroll
+  for (int s = 0; s < Cfg::kStages - 1; ++s) {
+    if (s < steps) {
+      bsr_load_stage<Cfg>(smem_base + s * Cfg::kStageBytes, args, m0, start + s * Cfg::kWarpsK,
+                          end);
+    }
+    cp_async_commit();
+  }
+
+  // Lane roles of the fragment loads. A: lanes 0-15 give rows 0-15 of chunk 2 ks, lanes 16-31 of
+  // chunk 2 ks + 1. B: lanes 0-7 give x rows 0-7 of chunk 2 ks, lanes 8-15 rows 0-7 of chunk
+  // 2 ks + 1, lanes 16-31 the same for rows 8-15.
+  const SwizzledRow<Cfg::kChunks> a_row(wn * Cfg::kWN + (lane & 15));
+  const int a_chunk = lane >> 4;
+  const SwizzledRow<Cfg::kChunks> b_row(wm * Cfg::kWM + (lane & 7) + ((lane >> 4) << 3));
+  const int b_chunk = (lane >> 3) & 1;
+
+  // The ring protocol of the 2:4 kernel: before step i, tile i has landed once at most kStages - 2
+  // groups are pending, and the barrier proves the stage refilled next is no longer read.
+  for (int i = 0; i < steps; ++i) {
+    cp_async_wait<Cfg::kStages - 2>();
+    __syncthreads();
+    const int next = i + Cfg::kStages - 1;
+    if (next < steps) {
+      bsr_load_stage<Cfg>(smem_base + (next % Cfg::kStages) * Cfg::kStageBytes, args, m0,
+                          start + next * Cfg::kWarpsK, end);
+    }
+    cp_async_commit();
+
+    if (start + i * Cfg::kWarpsK + wk >= end) continue;
+    const uint32_t tile_w =
+        smem_base + (i % Cfg::kStages) * Cfg::kStageBytes + wk * (Cfg::kWBytes + Cfg::kXBytes);
+    const uint32_t tile_x = tile_w + Cfg::kWBytes;
+#pragma unroll
+    for (int ks = 0; ks < Cfg::kB / 16; ++ks) {
+      uint32_t af[Cfg::kMI][4];
+#pragma unroll
+      for (int mi = 0; mi < Cfg::kMI; ++mi) {
+        ldmatrix_x4(af[mi], tile_w + a_row.at(16 * mi, 2 * ks + a_chunk));
+      }
+#pragma unroll
+      for (int np = 0; np < Cfg::kNI / 2; ++np) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, tile_x + b_row.at(16 * np, 2 * ks + b_chunk));
+#pragma unroll
+        for (int mi = 0; mi < Cfg::kMI; ++mi) {
+          mma_16816<T>(acc[mi][2 * np], af[mi], bf[0], bf[1]);
+          mma_16816<T>(acc[mi][2 * np + 1], af[mi], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+
+  // Epilogue: the pipeline's shared memory holds the K-split partial sums, then the output tile.
+  cp_async_wait<0>();
+  __syncthreads();
+  if constexpr (Cfg::kWarpsK > 1) {
+    // Partial sums as [K warp - 1][warp position][accumulator][lane]: lanes write consecutive words.
+    float* red = reinterpret_cast<float*>(smem);
+    const int position = wn * Cfg::kWarpsM + wm;
+    constexpr int kPositions = Cfg::kWarpsM * Cfg::kWarpsN;
+    if (wk > 0) {
+      float* dst = red + ((wk - 1) * kPositions + position) * Cfg::kAccPerLane * 32 + lane;
+#pragma unroll
+      for (int mi = 0; mi < Cfg::kMI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Cfg::kNI; ++ni)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) dst[((mi * Cfg::kNI + ni) * 4 + j) * 32] = acc[mi][ni][j];
+    }
+    __syncthreads();
+    if (wk == 0) {
+#pragma unroll
+      for (int other = 0; other < Cfg::kWarpsK - 1; ++other) {
+        const float* src = red + (other * kPositions + position) * Cfg::kAccPerLane * 32 + lane;
+#pragma unroll
+        for (int mi = 0; mi < Cfg::kMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < Cfg::kNI; ++ni)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              acc[mi][ni][j] = ieee_add(acc[mi][ni][j], src[((mi * Cfg::kNI + ni) * 4 + j) * 32]);
+            }
+      }
+    }
+  }
+
+  T* staged = reinterpret_cast<T*>(smem + Cfg::kRedBytes);
+  if (wk == 0) {
+    const int g = lane >> 2;
+    const int t = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < Cfg::kMI; ++mi) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = wn * Cfg::kWN + 16 * mi + 8 * h + g;  // weight row in the tile
+        const int64_t gn = n0 + row;
+        const float b =
+            args.bias != nullptr && gn < N ? load_bias(args.bias, args.bias_dtype, gn) : 0.0f;
+#pragma unroll
+        for (int ni = 0; ni < Cfg::kNI; ++ni) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int xr = wm * Cfg::kWM + 8 * ni + 2 * t + c;  // x row in the tile
+            staged[xr * Cfg::kOutStride + row] = from_float<T>(ieee_add(acc[mi][ni][2 * h + c], b));
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  T* __restrict__ out = static_cast<T*>(args.out);
+  constexpr int kSegments = Cfg::kB / 8;
+#pragma unroll
+  for (int i = 0; i < ceil_div(Cfg::kBM * kSegments, Cfg::kThreads); ++i) {
+    const int id = tid + i * Cfg::kThreads;
+    if (id >= Cfg::kBM * kSegments) break;
+    const int r = id / kSegments;
+    const int c = id % kSegments;
+    const int64_t gm = m0 + r;
+    const int64_t gn = n0 + 8 * c;
+    if (gm >= M || gn >= N) continue;
+    const T* src = staged + r * Cfg::kOutStride + 8 * c;
+    T* dst = out + gm * N + gn;
+    if (args.vector_store) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (gn + e < N) dst[e] = src[e];
+      }
+    }
+  }
+}
+
+template <class Cfg, typename T>
+cudaError_t launch_bsr_tiles(const BsrArgs& args, cudaStream_t stream) {
+  const auto kernel = bsr_mm_kernel<Cfg, T>;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int64_t blocks = ceil_div<int64_t>(args.M, Cfg::kBM) * (args.N / Cfg::kB);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  kernel<<<dim3(static_cast<unsigned>(blocks)), dim3(Cfg::kThreads), Cfg::kSmemBytes, stream>>>(
+      args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_bsr_tensor_cores(const BsrArgs& args, int64_t block, cudaStream_t stream) {
+  const bool decode = args.M <= 16;
+  switch (block) {
+    case 16:
+      return decode ? launch_bsr_tiles<BsrDecode16, T>(args, stream)
+                    : launch_bsr_tiles<BsrWide16, T>(args, stream);
+    case 32:
+      return decode ? launch_bsr_tiles<BsrDecode32, T>(args, stream)
+                    : launch_bsr_tiles<BsrWide32, T>(args, stream);
+    case 64:
+      return decode ? launch_bsr_tiles<BsrDecode64, T>(args, stream)
+                    : launch_bsr_tiles<BsrWide64, T>(args, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// bsr_mm for float32 on the CUDA cores (no tensor cores). A block of 16 x 16 threads computes a
+// (16 kRows) x B tile of out (one block row of w), each thread the x rows ty + 16 a and weight rows
+// tx + 16 c; per non-zero block, the block and its slice of x are staged in shared memory.
+
+constexpr int kBsrSimtThreads = 256;
+
+template <int kB, int kRows>
+__global__ void __launch_bounds__(kBsrSimtThreads)
+    bsr_mm_simt_kernel(const float* __restrict__ x, const int32_t* __restrict__ crow,
+                       const int32_t* __restrict__ col, const float* __restrict__ values,
+                       const void* bias, SparseDtype bias_dtype, float* __restrict__ out,
+                       int64_t M, int64_t N, int64_t K) {
+  constexpr int kBM = 16 * kRows;
+  constexpr int kC = kB / 16;
+  // +1 column: a warp's reads ws[tx + 16 c][k] (16 rows) hit distinct banks.
+  __shared__ float xs[kBM][kB + 1];
+  __shared__ float ws[kB][kB + 1];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % 16;
+  const int ty = tid / 16;
+  const int64_t tiles_m = ceil_div<int64_t>(M, kBM);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) % tiles_m * kBM;
+  const int64_t block_row = static_cast<int64_t>(blockIdx.x) / tiles_m;
+  const int64_t n0 = block_row * kB;
+  const int start = __ldg(crow + block_row);
+  const int end = __ldg(crow + block_row + 1);
+
+  float acc[kRows][kC];
+#pragma unroll
+  for (int a = 0; a < kRows; ++a)
+#pragma unroll
+    for (int c = 0; c < kC; ++c) acc[a][c] = 0.0f;
+
+  for (int b = start; b < end; ++b) {
+    const float* block = values + static_cast<int64_t>(b) * kB * kB;
+    const int64_t k_first = static_cast<int64_t>(__ldg(col + b)) * kB;
+    // kBsrSimtThreads is a multiple of kB: each thread keeps its column j.
+    const int j = tid % kB;
+#pragma unroll
+    for (int i = 0; i < kB * kB / kBsrSimtThreads; ++i) {
+      const int r = tid / kB + i * (kBsrSimtThreads / kB);
+      ws[r][j] = block[r * kB + j];
+    }
+#pragma unroll
+    for (int i = 0; i < kBM * kB / kBsrSimtThreads; ++i) {
+      const int r = tid / kB + i * (kBsrSimtThreads / kB);
+      const int64_t gm = m0 + r;
+      xs[r][j] = gm < M ? x[gm * K + k_first + j] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kB; ++k) {
+      float xa[kRows];
+      float wc[kC];
+#pragma unroll
+      for (int a = 0; a < kRows; ++a) xa[a] = xs[ty + 16 * a][k];
+#pragma unroll
+      for (int c = 0; c < kC; ++c) wc[c] = ws[tx + 16 * c][k];
+#pragma unroll
+      for (int a = 0; a < kRows; ++a)
+#pragma unroll
+        for (int c = 0; c < kC; ++c) acc[a][c] = ieee_fma(xa[a], wc[c], acc[a][c]);
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int64_t gn = n0 + tx + 16 * c;
+    const float bv = bias != nullptr ? load_bias(bias, bias_dtype, gn) : 0.0f;
+#pragma unroll
+    for (int a = 0; a < kRows; ++a) {
+      const int64_t gm = m0 + ty + 16 * a;
+      if (gm < M) out[gm * N + gn] = ieee_add(acc[a][c], bv);
+    }
+  }
+}
+
+template <int kB>
+cudaError_t launch_bsr_simt_block(const float* x, const int32_t* crow, const int32_t* col,
+                                  const float* values, const void* bias, SparseDtype bias_dtype,
+                                  float* out, int64_t M, int64_t N, int64_t K,
+                                  cudaStream_t stream) {
+  const int rows = M <= 16 ? 1 : 4;
+  const int64_t blocks = ceil_div<int64_t>(M, 16 * rows) * (N / kB);
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  if (rows == 1) {
+    bsr_mm_simt_kernel<kB, 1><<<grid, kBsrSimtThreads, 0, stream>>>(x, crow, col, values, bias,
+                                                                      bias_dtype, out, M, N, K);
+  } else {
+    bsr_mm_simt_kernel<kB, 4><<<grid, kBsrSimtThreads, 0, stream>>>(x, crow, col, values, bias,
+                                                                      bias_dtype, out, M, N, K);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_bsr_simt(const float* x, const int32_t* crow, const int32_t* col,
+                            const float* values, int64_t block, const void* bias,
+                            SparseDtype bias_dtype, float* out, int64_t M, int64_t N, int64_t K,
+                            cudaStream_t stream) {
+  switch (block) {
+    case 16:
+      return launch_bsr_simt_block<16>(x, crow, col, values, bias, bias_dtype, out, M, N, K,
+                                       stream);
+    case 32:
+      return launch_bsr_simt_block<32>(x, crow, col, values, bias, bias_dtype, out, M, N, K,
+                                       stream);
+    case 64:
+      return launch_bsr_simt_block<64>(x, crow, col, values, bias, bias_dtype, out, M, N, K,
+                                       stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_csr_mm(const void* x, const int32_t* crow, const int32_t* col,
+                          const void* values, const void* bias, SparseDtype bias_dtype, void* out,
+                          SparseDtype dtype, int64_t M, int64_t N, int64_t K, cudaStream_t stream) {
+  // Column indices and chunk offsets are int: K < 2^31.
+  if (M < 0 || N < 0 || K < 0 || K > 0x7fffffff) return cudaErrorInvalidValue;
+  if ((bias == nullptr) != (bias_dtype == SparseDtype::kNone)) return cudaErrorInvalidValue;
+  if (M == 0 || N == 0) return cudaSuccess;
+  const CsrArgs args{x, crow, col, values, bias, out, M, N, K, bias_dtype};
+  switch (dtype) {
+    case SparseDtype::kFloat32:
+      return launch_csr_typed<float>(args, stream);
+    case SparseDtype::kFloat16:
+      return launch_csr_typed<__half>(args, stream);
+    case SparseDtype::kBFloat16:
+      return launch_csr_typed<__nv_bfloat16>(args, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_bsr_mm(const void* x, const int32_t* crow, const int32_t* col,
+                          const void* values, int64_t block, const void* bias,
+                          SparseDtype bias_dtype, void* out, SparseDtype dtype, int64_t M,
+                          int64_t N, int64_t K, cudaStream_t stream) {
+  if (block != 16 && block != 32 && block != 64) return cudaErrorInvalidValue;
+  if (M < 0 || N < 0 || K < 0 || N % block != 0 || K % block != 0) return cudaErrorInvalidValue;
+  if ((bias == nullptr) != (bias_dtype == SparseDtype::kNone)) return cudaErrorInvalidValue;
+  if (M == 0 || N == 0) return cudaSuccess;
+  if (dtype == SparseDtype::kFloat32) {
+    return launch_bsr_simt(static_cast<const float*>(x), crow, col,
+                           static_cast<const float*>(values), block, bias, bias_dtype,
+                           static_cast<float*>(out), M, N, K, stream);
+  }
+  const BsrArgs args{static_cast<const uint16_t*>(x),
+                     crow,
+                     col,
+                     static_cast<const uint16_t*>(values),
+                     bias,
+                     out,
+                     M,
+                     N,
+                     K,
+                     bias_dtype,
+                     is_aligned(x, 16) && is_aligned(values, 16),
+                     N % 8 == 0 && is_aligned(out, 16)};
+  switch (dtype) {
+    case SparseDtype::kFloat16:
+      return launch_bsr_tensor_cores<__half>(args, block, stream);
+    case SparseDtype::kBFloat16:
+      return launch_bsr_tensor_cores<__nv_bfloat16>(args, block, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace pycompress
