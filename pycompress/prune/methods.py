@@ -7,7 +7,8 @@ Criteria (importance scores; the lowest are pruned):
     wanda      |w| times the norm of its input over calibration data (pycompress.prune.oneshot)
     sparsegpt  one-shot pruning with second-order weight updates from calibration data (oneshot)
     movement   -w * dL/dw accumulated while fine-tuning (MovementPruner, pycompress.prune.movement)
-Structures: ``unstructured`` (per layer or one global threshold), ``nm`` (N of every M consecutive
+Structures: ``unstructured`` (scope: per layer, one global threshold, or per output row / input
+column of each layer: every row or column loses the same fraction), ``nm`` (N of every M consecutive
 input weights kept, e.g. 2:4) and ``ln`` (whole output or input channels ranked by their Ln norm).
 Entries already pruned stay pruned: their score is -inf, so sparsity only grows.
 
@@ -37,8 +38,9 @@ from pycompress.prune.oneshot import CALIBRATED_METHODS, prune_calibrated_
 
 METHODS = ("magnitude", "random", "taylor", "wanda", "sparsegpt", "movement")
 STRUCTURES = ("unstructured", "nm", "ln")
-SCOPES = ("layer", "global")
+SCOPES = ("layer", "global", "row", "column")
 SCHEDULES = ("agp", "iterative")
+SEQUENTIAL = ("block", "layer", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,9 @@ class PruneConfig:
     """What to prune and how: ``sparsity`` (fraction of weights removed; N:M fixes it at 1 - n/m),
     ``method`` (the criterion, module docstring), ``structure`` and ``scope``; ``n``, ``m`` for N:M;
     ``norm``, ``dim`` for Ln-structured; ``seed`` for random; ``block_size`` (columns per block) and
-    ``damping`` (fraction of the mean Hessian diagonal added to it) for sparsegpt."""
+    ``damping`` (fraction of the mean Hessian diagonal added to it) for sparsegpt; ``sequential`` for
+    wanda and sparsegpt: which pruned layers the calibration inputs of a layer pass through
+    (pycompress.prune.oneshot)."""
 
     sparsity: float
     method: str = "magnitude"
@@ -59,18 +63,20 @@ class PruneConfig:
     seed: int = 0
     block_size: int = 128
     damping: float = 0.01
+    sequential: str = "block"
 
     def __post_init__(self):
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"PruneConfig: sparsity must be a number in [0, 1) (got {self.sparsity!r})")
-        for field, allowed in (("method", METHODS), ("structure", STRUCTURES), ("scope", SCOPES)):
+        for field, allowed in (("method", METHODS), ("structure", STRUCTURES), ("scope", SCOPES),
+                               ("sequential", SEQUENTIAL)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"PruneConfig: {field} must be one of {', '.join(allowed)} (got {getattr(self, field)!r})")
         if self.structure == "ln" and self.method != "magnitude":
             raise ValueError("PruneConfig: structure='ln' ranks channels by their Ln norm; use method='magnitude'")
-        if self.scope == "global" and self.structure != "unstructured":
-            raise ValueError("PruneConfig: scope='global' applies to structure='unstructured' only")
-        if self.scope == "global" and self.method in CALIBRATED_METHODS:
+        if self.scope != "layer" and self.structure != "unstructured":
+            raise ValueError(f"PruneConfig: scope={self.scope!r} applies to structure='unstructured' only")
+        if self.scope != "layer" and self.method in CALIBRATED_METHODS:
             raise ValueError(f"PruneConfig: method={self.method!r} compares weights within a layer "
                              "(wanda: per output row; sparsegpt: per column block); use scope='layer'")
         if self.method == "movement" and self.structure != "unstructured":
@@ -152,11 +158,25 @@ def prune_(model: nn.Module, config: PruneConfig, *, data=None, loss_fn=None, fi
                  .view_as(module.weight) for name, module in layers}
     elif config.scope == "global":
         masks = global_masks(scores, config.sparsity)
+    elif config.scope in ("row", "column"):
+        masks = {name: _grouped_mask(scores[name], config.sparsity, config.scope) for name in scores}
     else:
         masks = {name: topk_mask(scores[name], config.sparsity) for name in scores}
     for name, module in layers:
         apply_mask(module, masks[name])
     return model
+
+
+def _grouped_mask(score: torch.Tensor, sparsity: float, scope: str) -> torch.Tensor:
+    """Keep the largest ``1 - sparsity`` of the scores of every output row (scope "row") or input
+    column (scope "column", the other dims of a conv weight flattened) of one layer."""
+    rows = score.reshape(score.shape[0], -1)
+    groups = rows if scope == "row" else rows.T
+    keep = int(round((1.0 - sparsity) * groups.shape[1]))
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    if keep > 0:
+        mask.scatter_(1, torch.topk(groups, keep, dim=1).indices, True)
+    return (mask if scope == "row" else mask.T).reshape(score.shape)
 
 
 def scheduled_sparsity(step: int, steps: int, final: float, schedule: str = "agp", initial: float = 0.0) -> float:

@@ -100,10 +100,26 @@ def test_schedule_and_errors():
     with pytest.raises(ValueError, match=r"PruneConfig: sparsity must be a number in \[0, 1\) \(got 1.0\)"):
         PruneConfig(1.0)
     with pytest.raises(ValueError, match="PruneConfig: method must be one of magnitude, random, taylor"):
-        PruneConfig(0.5, method="movement")
+        PruneConfig(0.5, method="obd")
     with pytest.raises(ValueError, match="scope='global' applies to structure='unstructured' only"):
         PruneConfig(0.5, structure="nm", scope="global")
     with pytest.raises(ValueError, match="schedule must be one of agp, iterative"):
         scheduled_sparsity(1, 2, 0.5, "cosine")
     with pytest.raises(ValueError, match="nm_mask: the last dimension \\(6\\) must be a multiple of m = 4"):
         prune_(nn.Sequential(nn.Linear(6, 2)), PruneConfig(0.5, structure="nm"))
+
+
+@pytest.mark.parametrize("scope, dim", [("row", 1), ("column", 0)])
+def test_row_and_column_scopes(scope, dim):
+    """Every output row (input column) loses the same number of weights: its smallest."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 24), nn.Conv2d(3, 8, 3))
+    original = [m.weight.detach().abs().reshape(m.weight.shape[0], -1).clone() for m in model]
+    prune_(model, PruneConfig(0.25, scope=scope))
+    for module, magnitude in zip(model, original):
+        pruned = module.weight.detach().reshape(module.weight.shape[0], -1) == 0
+        zeros = pruned.sum(dim)
+        assert torch.equal(zeros, torch.full_like(zeros, round(0.25 * pruned.shape[dim])))
+        largest_pruned = torch.where(pruned, magnitude, -1.0).amax(dim)
+        smallest_kept = torch.where(pruned, float("inf"), magnitude).amin(dim)
+        assert (largest_pruned <= smallest_kept).all()
