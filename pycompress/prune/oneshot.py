@@ -37,6 +37,7 @@ sequential ones (about two model passes in all).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Iterable, Optional
 
@@ -226,7 +227,7 @@ class _Stop(Exception):
 
 def _token_mask(batch) -> Optional[Tensor]:
     """[batch, seq] bool of the real (non-padding) tokens of a dict batch, else None."""
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         mask = batch.get("attention_mask")
         if isinstance(mask, Tensor) and mask.dim() == 2:
             return mask.bool()

@@ -28,6 +28,7 @@ where asked. Parameters are replaced by smaller ones: optimizers built before pr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import contextlib
 import dataclasses
 import logging
@@ -199,7 +200,7 @@ def _eval_mode(model: nn.Module):
 def _forward_batch(model: nn.Module, batch):
     """``model(**batch)`` for a dict (a Hugging Face batch), ``model(*batch)`` for a tuple or list,
     else ``model(batch)``."""
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
@@ -209,7 +210,7 @@ def _forward_batch(model: nn.Module, batch):
 def _token_mask(batch, shape) -> Optional[Tensor]:
     """The batch's ``attention_mask`` as booleans when it matches the leading dims ``shape`` of a
     hidden state (so that padding tokens are left out of statistics), else None (every token counts)."""
-    if isinstance(batch, dict) and isinstance(batch.get("attention_mask"), Tensor):
+    if isinstance(batch, Mapping) and isinstance(batch.get("attention_mask"), Tensor):
         mask = batch["attention_mask"]
         if tuple(mask.shape) == tuple(shape):
             return mask.bool()

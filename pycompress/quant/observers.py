@@ -11,6 +11,7 @@ The range becomes a scale through the shared Quantizer (8-bit symmetric for the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable, Iterable
 
 import torch
@@ -90,7 +91,7 @@ class Observer:
 
 
 def _batch_call(model: nn.Module, batch):
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
