@@ -13,7 +13,8 @@ TRITON = pytest.param("triton", marks=pytest.mark.skipif(find_spec("triton") is 
 CPU_BACKENDS = ["cpu", TRITON, "reference"]
 CUDA_BACKENDS = ["cuda", TRITON, "reference"]
 FLOATS = [torch.float32, torch.float16, torch.bfloat16]
-CSR_SHAPES = [(1, 1, 1), (1, 9, 31), (3, 5, 33), (5, 17, 100), (33, 20, 64), (2, 7, 129), (16, 64, 256)]
+CSR_SHAPES = [(1, 1, 1), (1, 9, 31), (3, 5, 33), (5, 17, 100), (33, 20, 64), (2, 7, 129), (16, 64, 256),
+              (33, 24, 600)]
 BSR_SHAPES = [(1, 64, 64), (3, 128, 64), (17, 64, 192), (33, 192, 128)]
 
 
@@ -100,7 +101,7 @@ def test_bsr_mm_cpu(backend):
 @pytest.mark.parametrize("isa", ["scalar", "auto"])
 def test_cpu_isa_paths(isa, monkeypatch):
     monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
-    for M in (1, 7, 16, 64, 65):
+    for M in (1, 7, 16, 20, 64, 65):
         w = random_sparse(96, 512, 0.9, seed=M)
         x = torch.randn(M, 512)
         bias = torch.randn(96)

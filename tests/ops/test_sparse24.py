@@ -42,8 +42,8 @@ def _check_compress(backend, device):
             assert torch.equal(S.sparse24_decompress(values, meta), w)
 
 
-def _check_mm(backend, device):
-    for M, N, K in SHAPES:
+def _check_mm(backend, device, shapes=SHAPES):
+    for M, N, K in shapes:
         for dtype in FLOATS:
             w = random_24(N, K, dtype, device, seed=M + N + K)
             values, meta = S.sparse24_compress_reference(w)
@@ -92,7 +92,8 @@ def test_sparse24_mm_cpu(backend):
 @pytest.mark.parametrize("isa", ["scalar", "auto"])
 def test_cpu_isa_paths(isa, monkeypatch):
     monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
-    for M in (1, 3, 8, 16, 17, 64):
+    # Every small-M tile (1 .. 8 rows), then the gather path with 2 to 4 vectors per slab and several slab chunks.
+    for M in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 64, 300):
         w = random_24(96, 512, seed=M)
         values, meta = S.sparse24_compress_reference(w)
         x = torch.randn(M, 512)
@@ -105,7 +106,8 @@ def test_cpu_isa_paths(isa, monkeypatch):
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
 def test_sparse24_cuda(backend):
     _check_compress(backend, "cuda")
-    _check_mm(backend, "cuda")
+    # The last shapes fill a GPU with the large tiles: K = 256 takes the cp.async path, K = 272 the other.
+    _check_mm(backend, "cuda", SHAPES + [(2048, 4096, 256), (2048, 4096, 272)])
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference", TRITON])

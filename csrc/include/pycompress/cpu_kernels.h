@@ -1,4 +1,4 @@
-// Helpers shared by the CPU kernel files (csrc/cpu/int8.cpp, csrc/cpu/lowbit.cpp).
+// Helpers shared by the CPU kernel files (csrc/cpu/int8.cpp, lowbit.cpp, sparse.cpp, sparse24.cpp).
 //
 // The AVX2 helpers carry PYC_AVX2, the int8 family's target: AVX2 and F16C, no FMA, since int8_isa()
 // does not require it. They inline into callers compiled with more features (the low-bit kernels add
@@ -18,6 +18,8 @@
 #include <cstring>
 #include <memory>
 #include <type_traits>
+
+#include "pycompress/cpu_features.h"
 
 #define PYC_AVX2 __attribute__((target("avx2,f16c")))
 
@@ -119,5 +121,30 @@ PYC_AVX2 inline void store_lanes(OutT* dst, V v, int64_t cols) {
     store_first<kLanes>(reinterpret_cast<uint16_t*>(dst), bf16_bits(v), cols);
   }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Sparse GEMMs (defined in csrc/cpu/sparse.cpp; csrc/cpu/sparse24.cpp uses them too).
+//
+// They compute y^T: a stored weight entry w[n, k] is broadcast and multiplied by a contiguous row of x^T,
+// so that every product is a full-width FMA whatever the sparsity pattern. x^T is held in "slabs" of
+// W = 8 T columns of x (T vectors of 8 floats): slab s holds x[s W + j, k] at slab[(s K + k) W + j],
+// float32, zero for rows past M, so that one row of a slab is T vectors.
+
+// The vectors per slab row (1 to 4) for M rows of x: wide enough to amortize a broadcast over several
+// FMAs, narrow enough that a slab row stays within a cache line or two.
+int64_t slab_vectors(int64_t M);
+
+// Packs x [M, K] (contiguous float32, float16 or bfloat16) into ceil(M / W) slabs of width W at dst.
+void pack_x_slabs(const at::Tensor& x, int64_t W, float* dst, Isa isa);
+
+// For rows r < rows: out[r ldo + j] (+)= sum over i in [start[r], start[r + 1]) of vals[i] * slab[idx[i] W + j],
+// j < W = 8 T (T in 1..4); "+=" when accumulate. AVX2 + FMA.
+void gather_rows_avx2(int T, const float* slab, const int32_t* start, const int32_t* idx, const float* vals,
+                      int64_t rows, float* out, int64_t ldo, bool accumulate);
+
+// out[m0 + j, n0 + r] = tile[r ldt + j] + bias[n0 + r] (bias may be null) for r < rows, j < cols, in
+// out's dtype (float32, float16 or bfloat16; out is [M, N] contiguous).
+void store_transposed(const float* tile, int64_t ldt, int64_t rows, int64_t cols, int64_t n0, int64_t m0,
+                      const float* bias, const at::Tensor& out, Isa isa);
 
 }  // namespace pycompress::cpu
