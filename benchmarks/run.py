@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -258,7 +259,9 @@ def sparse_cases(device: str, quick: bool):
             candidates = {f"csr_mm[{b}]": _backend_fn(b, lambda x=x, a=(crow, col, values): pycompress.ops.csr_mm(x, *a))
                           for b in backends}
             baselines = {f"torch.matmul[{fname}]": dense(x, w)}
-            w_csr = w.to_sparse_csr()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                w_csr = w.to_sparse_csr()
             baselines["torch.sparse CSR"] = lambda x=x, w_csr=w_csr: torch.sparse.mm(w_csr, x.T).T
             yield f"csr_mm@{sparsity:.0%}", M, N, K, candidates, baselines
             block = 32
