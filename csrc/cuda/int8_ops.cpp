@@ -12,30 +12,20 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "pycompress/cuda_op_checks.h"
 #include "pycompress/int8_cuda.h"
 
 namespace {
 
 using pycompress::Int8Dtype;
-
-Int8Dtype float_dtype(c10::ScalarType t, const char* op, const char* what) {
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": ", what,
-              " must be float32, float16 or bfloat16 (got ", t, ")");
-  return t == at::kFloat ? Int8Dtype::kFloat32
-                         : (t == at::kHalf ? Int8Dtype::kFloat16 : Int8Dtype::kBFloat16);
-}
-
-void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), op, ": ", name, " must be on ",
-              like.device(), " (got ", t.device(), ")");
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
+using pycompress::check_cuda;
+using pycompress::float_dtype;
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_cuda(const at::Tensor& x) {
   constexpr const char* op = "pycompress_C::quantize_per_token";
   TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [M, K] (got ", x.dim(), "-D)");
   check_cuda(x, x, op, "x");
-  const Int8Dtype x_dtype = float_dtype(x.scalar_type(), op, "x");
+  const Int8Dtype x_dtype = float_dtype<Int8Dtype>(x.scalar_type(), op, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0);
   const int64_t K = x.size(1);
@@ -71,10 +61,10 @@ at::Tensor int8_mm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tens
   if (bias.has_value()) {
     TORCH_CHECK(bias->numel() == N, op, ": bias must have N elements");
     check_cuda(*bias, a, op, "bias");
-    bias_dtype = float_dtype(bias->scalar_type(), op, "bias");
+    bias_dtype = float_dtype<Int8Dtype>(bias->scalar_type(), op, "bias");
     bias_ptr = bias->const_data_ptr();
   }
-  const Int8Dtype out = float_dtype(out_dtype, op, "out_dtype");
+  const Int8Dtype out = float_dtype<Int8Dtype>(out_dtype, op, "out_dtype");
 
   const c10::cuda::CUDAGuard guard(a.device());
   at::Tensor result = at::empty({M, N}, a.options().dtype(out_dtype));

@@ -12,24 +12,14 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "pycompress/cuda_op_checks.h"
 #include "pycompress/lowbit_cuda.h"
 
 namespace {
 
 using pycompress::LowbitDtype;
-
-LowbitDtype float_dtype(c10::ScalarType t, const char* op, const char* what) {
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": ", what,
-              " must be float32, float16 or bfloat16 (got ", t, ")");
-  return t == at::kFloat ? LowbitDtype::kFloat32
-                         : (t == at::kHalf ? LowbitDtype::kFloat16 : LowbitDtype::kBFloat16);
-}
-
-void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), op, ": ", name, " must be on ",
-              like.device(), " (got ", t.device(), ")");
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
+using pycompress::check_cuda;
+using pycompress::float_dtype;
 
 // An optional bias [N] of any float dtype: (pointer, dtype), or (nullptr, kNone).
 std::pair<const void*, LowbitDtype> bias_arg(const std::optional<at::Tensor>& bias, int64_t N,
@@ -37,7 +27,7 @@ std::pair<const void*, LowbitDtype> bias_arg(const std::optional<at::Tensor>& bi
   if (!bias.has_value()) return {nullptr, LowbitDtype::kNone};
   TORCH_CHECK(bias->numel() == N, op, ": bias must have N elements");
   check_cuda(*bias, like, op, "bias");
-  return {bias->const_data_ptr(), float_dtype(bias->scalar_type(), op, "bias")};
+  return {bias->const_data_ptr(), float_dtype<LowbitDtype>(bias->scalar_type(), op, "bias")};
 }
 
 at::Tensor int8_weight_only_mm_cuda(const at::Tensor& x, const at::Tensor& w,
@@ -58,7 +48,7 @@ at::Tensor int8_weight_only_mm_cuda(const at::Tensor& x, const at::Tensor& w,
   check_cuda(x, x, op, "x");
   check_cuda(w, x, op, "w");
   check_cuda(w_scale, x, op, "w_scale");
-  const LowbitDtype x_dtype = float_dtype(x.scalar_type(), op, "x");
+  const LowbitDtype x_dtype = float_dtype<LowbitDtype>(x.scalar_type(), op, "x");
   const auto [bias_ptr, bias_dtype] = bias_arg(bias, N, x, op);
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -75,8 +65,9 @@ at::Tensor pack_bits_cuda(const at::Tensor& x) {
   constexpr const char* op = "pycompress_C::pack_bits";
   TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D [M, K]");
   check_cuda(x, x, op, "x");
-  const LowbitDtype x_dtype =
-      x.scalar_type() == at::kChar ? LowbitDtype::kInt8 : float_dtype(x.scalar_type(), op, "x");
+  const LowbitDtype x_dtype = x.scalar_type() == at::kChar
+                                  ? LowbitDtype::kInt8
+                                  : float_dtype<LowbitDtype>(x.scalar_type(), op, "x");
   const int64_t M = x.size(0);
   const int64_t K = x.size(1);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -109,7 +100,7 @@ at::Tensor binary_mm_cuda(const at::Tensor& a_bits, const at::Tensor& b_bits, in
   check_cuda(a_scale, a_bits, op, "a_scale");
   check_cuda(b_scale, a_bits, op, "b_scale");
   const auto [bias_ptr, bias_dtype] = bias_arg(bias, N, a_bits, op);
-  const LowbitDtype out = float_dtype(out_dtype, op, "out_dtype");
+  const LowbitDtype out = float_dtype<LowbitDtype>(out_dtype, op, "out_dtype");
 
   const c10::cuda::CUDAGuard guard(a_bits.device());
   at::Tensor result = at::empty({M, N}, a_bits.options().dtype(out_dtype));
@@ -141,7 +132,7 @@ at::Tensor packed_weight_mm_cuda(const at::Tensor& x, const at::Tensor& w, const
   check_cuda(x, x, op, "x");
   check_cuda(w, x, op, "the packed weights");
   check_cuda(alpha, x, op, "alpha");
-  const LowbitDtype x_dtype = float_dtype(x.scalar_type(), op, "x");
+  const LowbitDtype x_dtype = float_dtype<LowbitDtype>(x.scalar_type(), op, "x");
   const auto [bias_ptr, bias_dtype] = bias_arg(bias, N, x, op);
 
   const c10::cuda::CUDAGuard guard(x.device());

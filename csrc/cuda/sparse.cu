@@ -18,16 +18,10 @@
 
 #include "pycompress/cuda_common.cuh"
 #include "pycompress/sparse_cuda.h"
+#include "pycompress/sparse_tiles.cuh"
 
 namespace pycompress {
 namespace {
-
-// In PTX for the same reason as ieee_mul (cuda_common.cuh): --use_fast_math would flush subnormals.
-__device__ __forceinline__ float ieee_fma(float a, float b, float c) {
-  float r;
-  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
-  return r;
-}
 
 // An element type as raw bits (Bits), widened exactly to float32.
 template <typename T>
@@ -47,17 +41,6 @@ struct Element<__nv_bfloat16> {
   using Bits = uint16_t;
   __device__ static float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 };
-
-__device__ __forceinline__ float load_bias(const void* bias, SparseDtype dtype, int64_t i) {
-  switch (dtype) {
-    case SparseDtype::kFloat16:
-      return Element<__half>::to_float(static_cast<const uint16_t*>(bias)[i]);
-    case SparseDtype::kBFloat16:
-      return Element<__nv_bfloat16>::to_float(static_cast<const uint16_t*>(bias)[i]);
-    default:
-      return static_cast<const float*>(bias)[i];
-  }
-}
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -245,34 +228,19 @@ cudaError_t launch_csr_typed(const CsrArgs& args, cudaStream_t stream) {
 // segments.
 
 template <int kB_, int kBM_, int kWarpsM_, int kWarpsN_, int kWarpsK_>
-struct BsrTile {
+struct BsrTile : MmaTile<kBM_, kB_, kWarpsM_, kWarpsN_, kWarpsK_> {
+  using Base = MmaTile<kBM_, kB_, kWarpsM_, kWarpsN_, kWarpsK_>;
   static constexpr int kB = kB_;
-  static constexpr int kBM = kBM_;
-  static constexpr int kWarpsM = kWarpsM_;
-  static constexpr int kWarpsN = kWarpsN_;
-  static constexpr int kWarpsK = kWarpsK_;
   static constexpr int kStages = 4;
-  static constexpr int kThreads = 32 * kWarpsM * kWarpsN * kWarpsK;
-  static constexpr int kWN = kB / kWarpsN;   // weight rows per warp
-  static constexpr int kWM = kBM / kWarpsM;  // x rows per warp
-  static constexpr int kMI = kWN / 16;
-  static constexpr int kNI = kWM / 8;
   static constexpr int kChunks = kB / 8;  // 16-byte chunks per row of a block or of a slice of x
   static constexpr int kWBytes = kB * kB * 2;
-  static constexpr int kXBytes = kBM * kB * 2;
-  static constexpr int kStageBytes = kWarpsK * (kWBytes + kXBytes);
+  static constexpr int kXBytes = Base::kBM * kB * 2;
+  static constexpr int kStageBytes = kWarpsK_ * (kWBytes + kXBytes);
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kAccPerLane = kMI * kNI * 4;
-  static constexpr int kRedBytes = (kWarpsK - 1) * kWarpsM * kWarpsN * kAccPerLane * 32 * 4;
-  // Staged output rows are padded by 8 elements: the rows 2t (t = 0..3) one store instruction writes
-  // then start on different banks, and 16-byte row segments stay aligned.
-  static constexpr int kOutStride = kB + 8;
-  static constexpr int kOutBytes = kBM * kOutStride * 2;
-  static constexpr int kSmemBytes =
-      kPipeBytes > kRedBytes + kOutBytes ? kPipeBytes : kRedBytes + kOutBytes;
+  static constexpr int kSmemBytes = Base::smem_bytes(kPipeBytes);
 
-  static_assert(kThreads == 128, "4 warps");
-  static_assert(kWN % 16 == 0 && kWM % 16 == 0, "warp tiles are whole m16 tiles and n8 pairs");
+  static_assert(Base::kThreads == 128, "4 warps");
+  static_assert(Base::kWM % 16 == 0, "warp tiles are whole n8 pairs");
 };
 
 // Decode (M <= 16): the warps split the non-zero blocks (blocks of 64 have 4 m16 tiles to share).
@@ -299,33 +267,6 @@ struct BsrArgs {
   bool vector_store;  // N % 8 == 0 and out 16-byte aligned
 };
 
-// See the 2:4 kernels (csrc/cuda/sparse24.cu): ldmatrix reads one chunk of 8 consecutive rows per
-// phase, and XOR-ing the chunk with a function of the row (the same for rows 8 apart) spreads them
-// over the 8 16-byte bank groups of a 128-byte line.
-template <int kChunks>
-__device__ __forceinline__ int swizzle_flip(int row) {
-  static_assert(kChunks == 2 || kChunks == 4 || kChunks == 8, "row size");
-  constexpr int kRowsPerLine = kChunks >= 8 ? 1 : 8 / kChunks;
-  return kChunks >= 8 ? (row & 7) : ((row / kRowsPerLine) & (kChunks - 1));
-}
-
-template <int kChunks>
-__device__ __forceinline__ uint32_t tile_offset(int row, int chunk) {
-  return static_cast<uint32_t>(row * kChunks * 16 + ((chunk ^ swizzle_flip<kChunks>(row)) << 4));
-}
-
-template <int kChunks>
-struct SwizzledRow {
-  uint32_t base;
-  int flip;
-  __device__ __forceinline__ SwizzledRow(int row)
-      : base(static_cast<uint32_t>(row * kChunks * 16)), flip(swizzle_flip<kChunks>(row)) {}
-  // Row row + rows_below (a multiple of 8), chunk `chunk`.
-  __device__ __forceinline__ uint32_t at(int rows_below, int chunk) const {
-    return base + static_cast<uint32_t>(rows_below * kChunks * 16 + ((chunk ^ flip) << 4));
-  }
-};
-
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                           uint32_t b1) {
@@ -344,35 +285,12 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
-// Eight consecutive 16-bit elements, packed for a 16-byte shared store (zeros when !valid).
-__device__ __forceinline__ void gather8(uint32_t (&w)[4], const uint16_t* src, bool valid) {
-#pragma unroll
-  for (int e = 0; e < 4; ++e) w[e] = 0u;
-  if (valid) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) w[e >> 1] |= static_cast<uint32_t>(src[e]) << (16 * (e & 1));
-  }
-}
-
-__device__ __forceinline__ void copy16(uint32_t dst, const uint16_t* src, bool valid, bool async) {
-  if (async) {
-    cp_async_16(dst, src, valid);
-  } else {
-    uint32_t w[4];
-    gather8(w, src, valid);
-    st_shared_16(dst, w);
-  }
-}
-
 // Stages blocks first .. first + kWarpsK - 1 of the block row (those below `end`) and their slices of
 // x (rows m0 .. m0 + kBM - 1, zero past M). Without args.async the copies are synchronous stores,
 // which the pipeline's barriers order as well.
 template <class Cfg>
 __device__ __forceinline__ void bsr_load_stage(uint32_t stage, const BsrArgs& a, int64_t m0,
                                                int first, int end) {
-  const int tid = static_cast<int>(threadIdx.x);
-  constexpr int kWTotal = Cfg::kB * Cfg::kChunks;
-  constexpr int kXTotal = Cfg::kBM * Cfg::kChunks;
 #pragma unroll
   for (int kk = 0; kk < Cfg::kWarpsK; ++kk) {
     const int b = first + kk;
@@ -380,41 +298,17 @@ __device__ __forceinline__ void bsr_load_stage(uint32_t stage, const BsrArgs& a,
     const uint32_t tile_w = stage + kk * (Cfg::kWBytes + Cfg::kXBytes);
     const uint32_t tile_x = tile_w + Cfg::kWBytes;
     const uint16_t* block = a.values + static_cast<int64_t>(b) * Cfg::kB * Cfg::kB;
-#pragma unroll
-    for (int i = 0; i < ceil_div(kWTotal, Cfg::kThreads); ++i) {
-      const int id = tid + i * Cfg::kThreads;
-      if (kWTotal % Cfg::kThreads == 0 || id < kWTotal) {
-        const int r = id / Cfg::kChunks;
-        const int c = id % Cfg::kChunks;
-        copy16(tile_w + tile_offset<Cfg::kChunks>(r, c), block + r * Cfg::kB + 8 * c, true,
-               a.async);
-      }
-    }
+    stage_tile<Cfg::kB, Cfg::kChunks, Cfg::kThreads>(tile_w, a.async, [&](int r, int c, bool&) {
+      return block + r * Cfg::kB + 8 * c;
+    });
     const int64_t k_first = static_cast<int64_t>(__ldg(a.col + b)) * Cfg::kB;
-#pragma unroll
-    for (int i = 0; i < ceil_div(kXTotal, Cfg::kThreads); ++i) {
-      const int id = tid + i * Cfg::kThreads;
-      if (kXTotal % Cfg::kThreads == 0 || id < kXTotal) {
-        const int r = id / Cfg::kChunks;
-        const int c = id % Cfg::kChunks;
-        const int64_t gm = m0 + r;
-        const bool valid = gm < a.M;
-        copy16(tile_x + tile_offset<Cfg::kChunks>(r, c),
-               a.x + (valid ? gm * a.K + k_first + 8 * c : 0), valid, a.async);
-      }
-    }
+    stage_tile<Cfg::kBM, Cfg::kChunks, Cfg::kThreads>(
+        tile_x, a.async, [&](int r, int c, bool& valid) {
+          const int64_t gm = m0 + r;
+          valid = gm < a.M;
+          return a.x + (valid ? gm * a.K + k_first + 8 * c : 0);
+        });
   }
-}
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
 }
 
 template <class Cfg, typename T>
@@ -422,7 +316,6 @@ __global__ void __launch_bounds__(Cfg::kThreads) bsr_mm_kernel(const BsrArgs arg
   extern __shared__ __align__(128) uint8_t smem[];
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int64_t M = args.M;
-  const int64_t N = args.N;
   const int64_t tiles_m = ceil_div<int64_t>(M, Cfg::kBM);
   // Consecutive blocks share their block row of w (read from HBM once, then from L2).
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) % tiles_m * Cfg::kBM;
@@ -431,20 +324,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) bsr_mm_kernel(const BsrArgs arg
   const int start = __ldg(args.crow + block_row);
   const int end = __ldg(args.crow + block_row + 1);
 
-  const int tid = static_cast<int>(threadIdx.x);
-  const int warp = tid >> 5;
-  const int lane = tid & 31;
-  const int wm = warp % Cfg::kWarpsM;
-  const int wn = (warp / Cfg::kWarpsM) % Cfg::kWarpsN;
-  const int wk = warp / (Cfg::kWarpsM * Cfg::kWarpsN);
-
+  const auto [lane, wm, wn, wk] = warp_position<Cfg>();
   float acc[Cfg::kMI][Cfg::kNI][4];
-#pragma unroll
-  for (int mi = 0; mi < Cfg::kMI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < Cfg::kNI; ++ni)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[mi][ni][j] = 0.0f;
+  zero_accumulators(acc);
 
   const int steps = (end - start + Cfg::kWarpsK - 1) / Cfg::kWarpsK;
 #pragma unroll
@@ -500,87 +382,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) bsr_mm_kernel(const BsrArgs arg
     }
   }
 
-  // Epilogue: the pipeline's shared memory holds the K-split partial sums, then the output tile.
-  cp_async_wait<0>();
-  __syncthreads();
-  if constexpr (Cfg::kWarpsK > 1) {
-    // Partial sums as [K warp - 1][warp position][accumulator][lane]: lanes write consecutive words.
-    float* red = reinterpret_cast<float*>(smem);
-    const int position = wn * Cfg::kWarpsM + wm;
-    constexpr int kPositions = Cfg::kWarpsM * Cfg::kWarpsN;
-    if (wk > 0) {
-      float* dst = red + ((wk - 1) * kPositions + position) * Cfg::kAccPerLane * 32 + lane;
-#pragma unroll
-      for (int mi = 0; mi < Cfg::kMI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < Cfg::kNI; ++ni)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) dst[((mi * Cfg::kNI + ni) * 4 + j) * 32] = acc[mi][ni][j];
-    }
-    __syncthreads();
-    if (wk == 0) {
-#pragma unroll
-      for (int other = 0; other < Cfg::kWarpsK - 1; ++other) {
-        const float* src = red + (other * kPositions + position) * Cfg::kAccPerLane * 32 + lane;
-#pragma unroll
-        for (int mi = 0; mi < Cfg::kMI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < Cfg::kNI; ++ni)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              acc[mi][ni][j] = ieee_add(acc[mi][ni][j], src[((mi * Cfg::kNI + ni) * 4 + j) * 32]);
-            }
-      }
-    }
-  }
-
-  T* staged = reinterpret_cast<T*>(smem + Cfg::kRedBytes);
-  if (wk == 0) {
-    const int g = lane >> 2;
-    const int t = lane & 3;
-#pragma unroll
-    for (int mi = 0; mi < Cfg::kMI; ++mi) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = wn * Cfg::kWN + 16 * mi + 8 * h + g;  // weight row in the tile
-        const int64_t gn = n0 + row;
-        const float b =
-            args.bias != nullptr && gn < N ? load_bias(args.bias, args.bias_dtype, gn) : 0.0f;
-#pragma unroll
-        for (int ni = 0; ni < Cfg::kNI; ++ni) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int xr = wm * Cfg::kWM + 8 * ni + 2 * t + c;  // x row in the tile
-            staged[xr * Cfg::kOutStride + row] = from_float<T>(ieee_add(acc[mi][ni][2 * h + c], b));
-          }
-        }
-      }
-    }
-  }
-  __syncthreads();
-
-  T* __restrict__ out = static_cast<T*>(args.out);
-  constexpr int kSegments = Cfg::kB / 8;
-#pragma unroll
-  for (int i = 0; i < ceil_div(Cfg::kBM * kSegments, Cfg::kThreads); ++i) {
-    const int id = tid + i * Cfg::kThreads;
-    if (id >= Cfg::kBM * kSegments) break;
-    const int r = id / kSegments;
-    const int c = id % kSegments;
-    const int64_t gm = m0 + r;
-    const int64_t gn = n0 + 8 * c;
-    if (gm >= M || gn >= N) continue;
-    const T* src = staged + r * Cfg::kOutStride + 8 * c;
-    T* dst = out + gm * N + gn;
-    if (args.vector_store) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if (gn + e < N) dst[e] = src[e];
-      }
-    }
-  }
+  mma_tile_epilogue<Cfg, T>(args, m0, n0, acc, smem);
 }
 
 template <class Cfg, typename T>

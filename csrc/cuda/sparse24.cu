@@ -17,29 +17,10 @@
 
 #include "pycompress/cuda_common.cuh"
 #include "pycompress/sparse_cuda.h"
+#include "pycompress/sparse_tiles.cuh"
 
 namespace pycompress {
 namespace {
-
-// In PTX for the same reason as ieee_mul (cuda_common.cuh): --use_fast_math would flush subnormals.
-__device__ __forceinline__ float ieee_fma(float a, float b, float c) {
-  float r;
-  asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(r) : "f"(a), "f"(b), "f"(c));
-  return r;
-}
-
-__device__ __forceinline__ float load_bias(const void* bias, SparseDtype dtype, int64_t i) {
-  switch (dtype) {
-    case SparseDtype::kFloat16:
-      return __half2float(static_cast<const __half*>(bias)[i]);
-    case SparseDtype::kBFloat16:
-      return __uint_as_float(
-          static_cast<uint32_t>(__bfloat16_as_ushort(static_cast<const __nv_bfloat16*>(bias)[i]))
-          << 16);
-    default:
-      return static_cast<const float*>(bias)[i];
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------
 // sparse24_compress: one thread per metadata word, i.e. per 16 columns (4 groups) of a row. K % 16 == 0
@@ -209,43 +190,25 @@ cudaError_t launch_compress_typed(const void* w, void* values, int16_t* meta, in
 
 template <int kBM_, int kBN_, int kBK_, int kWarpsM_, int kWarpsN_, int kWarpsK_, int kStages_,
           int kMinBlocks_>
-struct Sp24Tile {
-  static constexpr int kBM = kBM_;
-  static constexpr int kBN = kBN_;
+struct Sp24Tile : MmaTile<kBM_, kBN_, kWarpsM_, kWarpsN_, kWarpsK_> {
+  using Base = MmaTile<kBM_, kBN_, kWarpsM_, kWarpsN_, kWarpsK_>;
   static constexpr int kBK = kBK_;
-  static constexpr int kWarpsM = kWarpsM_;
-  static constexpr int kWarpsN = kWarpsN_;
-  static constexpr int kWarpsK = kWarpsK_;
   static constexpr int kStages = kStages_;
   static constexpr int kMinBlocks = kMinBlocks_;
-  static constexpr int kWarps = kWarpsM * kWarpsN * kWarpsK;
-  static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kWN = kBN / kWarpsN;  // weight rows per warp
-  static constexpr int kWM = kBM / kWarpsM;  // x rows per warp
-  static constexpr int kMI = kWN / 16;       // m16 tiles per warp
-  static constexpr int kNI = kWM / 8;        // n8 tiles per warp
-  static constexpr int kSlices = kBK / 32;   // k32 slices per K tile
-  static constexpr int kSlicesPerWarp = kSlices / kWarpsK;
+  static constexpr int kSlices = kBK / 32;  // k32 slices per K tile
+  static constexpr int kSlicesPerWarp = kSlices / kWarpsK_;
   static constexpr int kVChunks = kBK / 16;  // 16-byte chunks per values row (8 values, 16 columns)
   static constexpr int kXChunks = kBK / 8;   // 16-byte chunks per x row
-  static constexpr int kVBytes = kBN * kVChunks * 16;
-  static constexpr int kXBytes = kBM * kXChunks * 16;
-  static constexpr int kMetaBytes = kBN * kSlices * 4;
+  static constexpr int kVBytes = kBN_ * kVChunks * 16;
+  static constexpr int kXBytes = kBM_ * kXChunks * 16;
+  static constexpr int kMetaBytes = kBN_ * kSlices * 4;
   static constexpr int kStageBytes = kVBytes + kXBytes + kMetaBytes;
   static constexpr int kPipeBytes = kStages * kStageBytes;
-  static constexpr int kAccPerLane = kMI * kNI * 4;
-  static constexpr int kRedBytes = (kWarpsK - 1) * kWarpsM * kWarpsN * kAccPerLane * 32 * 4;
-  // Staged output rows are padded by 8 elements: the rows 2t (t = 0..3) one store instruction writes
-  // then start 8 banks apart, and 16-byte row segments stay aligned.
-  static constexpr int kOutStride = kBN + 8;
-  static constexpr int kOutBytes = kBM * kOutStride * 2;
-  static constexpr int kSmemBytes =
-      kPipeBytes > kRedBytes + kOutBytes ? kPipeBytes : kRedBytes + kOutBytes;
+  static constexpr int kSmemBytes = Base::smem_bytes(kPipeBytes);
 
-  static_assert(kWN % 16 == 0 && kWM % 8 == 0, "warp tiles are whole m16 x n8 MMA tiles");
-  static_assert(kBK % 32 == 0 && kSlices % kWarpsK == 0, "K-split warps share the slices evenly");
+  static_assert(kBK % 32 == 0 && kSlices % kWarpsK_ == 0, "K-split warps share the slices evenly");
   static_assert(kStageBytes % 16 == 0, "stages stay 16-byte aligned");
-  static_assert(kBN % 32 == 0, "staged rows 2t then start 8t banks apart");
+  static_assert(kBN_ % 32 == 0, "staged rows 2t then start 8t banks apart");
 };
 
 // Large M and N: 128 x 256 tiles, 8 warps of 64 x 64 (4 x 8 MMAs per slice, so that shared-memory
@@ -267,34 +230,6 @@ struct Sp24MmArgs {
   int64_t K;
   SparseDtype bias_dtype;
   bool vector_store;  // N % 8 == 0 and out 16-byte aligned: whole 16-byte row segments are stored
-};
-
-// Byte offset of 16-byte chunk `chunk` of row `row` in a tile of kChunks-chunk rows. ldmatrix reads
-// one chunk of 8 consecutive rows (from a multiple of 8) per phase; XOR-ing the chunk with a function
-// of the row spreads those 8 reads over the 8 16-byte bank groups of a 128-byte line. The function is
-// the same for rows 8 apart, so a lane's rows row + 8 i share it (SwizzledRow).
-template <int kChunks>
-__device__ __forceinline__ int swizzle_flip(int row) {
-  static_assert(kChunks == 2 || kChunks == 4 || kChunks == 8 || kChunks == 16, "row size");
-  constexpr int kRowsPerLine = kChunks >= 8 ? 1 : 8 / kChunks;
-  return kChunks >= 8 ? (row & 7) : ((row / kRowsPerLine) & (kChunks - 1));
-}
-
-template <int kChunks>
-__device__ __forceinline__ uint32_t tile_offset(int row, int chunk) {
-  return static_cast<uint32_t>(row * kChunks * 16 + ((chunk ^ swizzle_flip<kChunks>(row)) << 4));
-}
-
-template <int kChunks>
-struct SwizzledRow {
-  uint32_t base;  // byte offset of the row
-  int flip;
-  __device__ __forceinline__ SwizzledRow(int row)
-      : base(static_cast<uint32_t>(row * kChunks * 16)), flip(swizzle_flip<kChunks>(row)) {}
-  // Row row + rows_below (a multiple of 8), chunk `chunk`.
-  __device__ __forceinline__ uint32_t at(int rows_below, int chunk) const {
-    return base + static_cast<uint32_t>(rows_below * kChunks * 16 + ((chunk ^ flip) << 4));
-  }
 };
 
 // 4-byte cp.async (only the .ca form takes sizes below 16); src_bytes == 0 zero-fills.
@@ -335,16 +270,6 @@ __device__ __forceinline__ void mma_sp(float (&d)[4], const uint32_t (&a)[4], co
   }
 }
 
-// Eight consecutive 16-bit elements (src[0..7] where in range), packed for a 16-byte shared store.
-__device__ __forceinline__ void gather8(uint32_t (&w)[4], const uint16_t* src, bool valid) {
-#pragma unroll
-  for (int e = 0; e < 4; ++e) w[e] = 0u;
-  if (valid) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) w[e >> 1] |= static_cast<uint32_t>(src[e]) << (16 * (e & 1));
-  }
-}
-
 // Metadata of rows past N and of columns past K: every group keeps positions 0 and 1. Any valid
 // nibble would do (their values and x are zero); zero nibbles are invalid for mma.sp.
 constexpr uint32_t kNeutralMeta = 0x4444u;
@@ -367,49 +292,20 @@ __device__ __forceinline__ void sp24_load_stage(uint32_t stage, const Sp24MmArgs
   const uint32_t tile_x = stage + Cfg::kVBytes;
   const uint32_t tile_m = tile_x + Cfg::kXBytes;
 
-  constexpr int kVTotal = Cfg::kBN * Cfg::kVChunks;
-#pragma unroll
-  for (int i = 0; i < ceil_div(kVTotal, Cfg::kThreads); ++i) {
-    const int id = tid + i * Cfg::kThreads;
-    if (kVTotal % Cfg::kThreads == 0 || id < kVTotal) {
-      const int r = id / Cfg::kVChunks;
-      const int c = id % Cfg::kVChunks;
-      const int64_t gn = n0 + r;
-      const int64_t gk = k0 + 16 * c;
-      const bool valid = gn < N && gk < K;
-      const uint16_t* src = a.values + (valid ? gn * (K / 2) + gk / 2 : 0);
-      const uint32_t dst = tile_v + tile_offset<Cfg::kVChunks>(r, c);
-      if constexpr (kAsync) {
-        cp_async_16(dst, src, valid);
-      } else {
-        uint32_t w[4];
-        gather8(w, src, valid);
-        st_shared_16(dst, w);
-      }
-    }
-  }
-
-  constexpr int kXTotal = Cfg::kBM * Cfg::kXChunks;
-#pragma unroll
-  for (int i = 0; i < ceil_div(kXTotal, Cfg::kThreads); ++i) {
-    const int id = tid + i * Cfg::kThreads;
-    if (kXTotal % Cfg::kThreads == 0 || id < kXTotal) {
-      const int r = id / Cfg::kXChunks;
-      const int c = id % Cfg::kXChunks;
-      const int64_t gm = m0 + r;
-      const int64_t gk = k0 + 8 * c;
-      const bool valid = gm < M && gk < K;
-      const uint16_t* src = a.x + (valid ? gm * K + gk : 0);
-      const uint32_t dst = tile_x + tile_offset<Cfg::kXChunks>(r, c);
-      if constexpr (kAsync) {
-        cp_async_16(dst, src, valid);
-      } else {
-        uint32_t w[4];
-        gather8(w, src, valid);
-        st_shared_16(dst, w);
-      }
-    }
-  }
+  stage_tile<Cfg::kBN, Cfg::kVChunks, Cfg::kThreads>(
+      tile_v, kAsync, [&](int r, int c, bool& valid) {
+        const int64_t gn = n0 + r;
+        const int64_t gk = k0 + 16 * c;
+        valid = gn < N && gk < K;
+        return a.values + (valid ? gn * (K / 2) + gk / 2 : 0);
+      });
+  stage_tile<Cfg::kBM, Cfg::kXChunks, Cfg::kThreads>(
+      tile_x, kAsync, [&](int r, int c, bool& valid) {
+        const int64_t gm = m0 + r;
+        const int64_t gk = k0 + 8 * c;
+        valid = gm < M && gk < K;
+        return a.x + (valid ? gm * K + gk : 0);
+      });
 
   constexpr int kMTotal = Cfg::kBN * Cfg::kSlices;
 #pragma unroll
@@ -439,17 +335,6 @@ __device__ __forceinline__ void sp24_load_stage(uint32_t stage, const Sp24MmArgs
   }
 }
 
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 template <class Cfg, typename T, bool kAsync>
 __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     sparse24_mm_kernel(const Sp24MmArgs args) {
@@ -471,20 +356,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
   const int64_t m0 = (first_tile_m + in_group % group_rows) * Cfg::kBM;
   const int64_t n0 = in_group / group_rows * Cfg::kBN;
 
-  const int tid = static_cast<int>(threadIdx.x);
-  const int warp = tid >> 5;
-  const int lane = tid & 31;
-  const int wm = warp % Cfg::kWarpsM;
-  const int wn = (warp / Cfg::kWarpsM) % Cfg::kWarpsN;
-  const int wk = warp / (Cfg::kWarpsM * Cfg::kWarpsN);
-
+  const auto [lane, wm, wn, wk] = warp_position<Cfg>();
   float acc[Cfg::kMI][Cfg::kNI][4];
-#pragma unroll
-  for (int mi = 0; mi < Cfg::kMI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < Cfg::kNI; ++ni)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) acc[mi][ni][j] = 0.0f;
+  zero_accumulators(acc);
 
   const int k_tiles = static_cast<int>(ceil_div<int64_t>(K, Cfg::kBK));
 #pragma unroll
@@ -548,88 +422,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, Cfg::kMinBlocks)
     }
   }
 
-  // Epilogue. The pipeline's shared memory is reused: first for the K-split partial sums, then for
-  // the output tile.
-  cp_async_wait<0>();
-  __syncthreads();
-  if constexpr (Cfg::kWarpsK > 1) {
-    float* red = reinterpret_cast<float*>(smem);
-    // Partial sums as [K warp - 1][warp position][accumulator][lane]: lanes write consecutive words.
-    const int position = wn * Cfg::kWarpsM + wm;
-    constexpr int kPositions = Cfg::kWarpsM * Cfg::kWarpsN;
-    if (wk > 0) {
-      float* dst = red + ((wk - 1) * kPositions + position) * Cfg::kAccPerLane * 32 + lane;
-#pragma unroll
-      for (int mi = 0; mi < Cfg::kMI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < Cfg::kNI; ++ni)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) dst[((mi * Cfg::kNI + ni) * 4 + j) * 32] = acc[mi][ni][j];
-    }
-    __syncthreads();
-    if (wk == 0) {
-#pragma unroll
-      for (int other = 0; other < Cfg::kWarpsK - 1; ++other) {
-        const float* src = red + (other * kPositions + position) * Cfg::kAccPerLane * 32 + lane;
-#pragma unroll
-        for (int mi = 0; mi < Cfg::kMI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < Cfg::kNI; ++ni)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              acc[mi][ni][j] = ieee_add(acc[mi][ni][j], src[((mi * Cfg::kNI + ni) * 4 + j) * 32]);
-            }
-      }
-    }
-  }
-
-  T* staged = reinterpret_cast<T*>(smem + Cfg::kRedBytes);
-  if (wk == 0) {
-    const int g = lane >> 2;
-    const int t = lane & 3;
-#pragma unroll
-    for (int mi = 0; mi < Cfg::kMI; ++mi) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = wn * Cfg::kWN + 16 * mi + 8 * h + g;  // weight row in the tile
-        const int64_t gn = n0 + row;
-        const float b =
-            args.bias != nullptr && gn < N ? load_bias(args.bias, args.bias_dtype, gn) : 0.0f;
-#pragma unroll
-        for (int ni = 0; ni < Cfg::kNI; ++ni) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int col = wm * Cfg::kWM + 8 * ni + 2 * t + c;  // x row in the tile
-            staged[col * Cfg::kOutStride + row] = from_float<T>(ieee_add(acc[mi][ni][2 * h + c], b));
-          }
-        }
-      }
-    }
-  }
-  __syncthreads();
-
-  T* __restrict__ out = static_cast<T*>(args.out);
-  constexpr int kSegments = Cfg::kBN / 8;  // 16-byte segments per output row of the tile
-#pragma unroll
-  for (int i = 0; i < ceil_div(Cfg::kBM * kSegments, Cfg::kThreads); ++i) {
-    const int id = tid + i * Cfg::kThreads;
-    if (id >= Cfg::kBM * kSegments) break;
-    const int r = id / kSegments;
-    const int c = id % kSegments;
-    const int64_t gm = m0 + r;
-    const int64_t gn = n0 + 8 * c;
-    if (gm >= M || gn >= N) continue;
-    const T* src = staged + r * Cfg::kOutStride + 8 * c;
-    T* dst = out + gm * N + gn;
-    if (args.vector_store) {
-      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if (gn + e < N) dst[e] = src[e];
-      }
-    }
-  }
+  mma_tile_epilogue<Cfg, T>(args, m0, n0, acc, smem);
 }
 
 template <class Cfg, typename T>

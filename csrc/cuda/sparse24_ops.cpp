@@ -12,24 +12,14 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "pycompress/cuda_op_checks.h"
 #include "pycompress/sparse_cuda.h"
 
 namespace {
 
 using pycompress::SparseDtype;
-
-SparseDtype float_dtype(c10::ScalarType t, const char* op, const char* what) {
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": ", what,
-              " must be float32, float16 or bfloat16 (got ", t, ")");
-  return t == at::kFloat ? SparseDtype::kFloat32
-                         : (t == at::kHalf ? SparseDtype::kFloat16 : SparseDtype::kBFloat16);
-}
-
-void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), op, ": ", name, " must be on ",
-              like.device(), " (got ", t.device(), ")");
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
+using pycompress::check_cuda;
+using pycompress::float_dtype;
 
 std::tuple<at::Tensor, at::Tensor> sparse24_compress_cuda(const at::Tensor& w) {
   constexpr const char* op = "pycompress_C::sparse24_compress";
@@ -39,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress_cuda(const at::Tensor& w) {
   TORCH_CHECK(K > 0 && K % 16 == 0, op, ": w must have K a positive multiple of 16 columns (got ",
               K, ")");
   check_cuda(w, w, op, "w");
-  const SparseDtype dtype = float_dtype(w.scalar_type(), op, "w");
+  const SparseDtype dtype = float_dtype<SparseDtype>(w.scalar_type(), op, "w");
   const c10::cuda::CUDAGuard guard(w.device());
   at::Tensor values = at::empty({N, K / 2}, w.options());
   at::Tensor meta = at::empty({N, K / 16}, w.options().dtype(at::kShort));
@@ -69,14 +59,14 @@ at::Tensor sparse24_mm_cuda(const at::Tensor& x, const at::Tensor& values, const
   check_cuda(x, x, op, "x");
   check_cuda(values, x, op, "values");
   check_cuda(meta, x, op, "meta");
-  const SparseDtype dtype = float_dtype(x.scalar_type(), op, "x");
+  const SparseDtype dtype = float_dtype<SparseDtype>(x.scalar_type(), op, "x");
   const void* bias_ptr = nullptr;
   SparseDtype bias_dtype = SparseDtype::kNone;
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must be [N] = [", N, "] (got ",
                 bias->sizes(), ")");
     check_cuda(*bias, x, op, "bias");
-    bias_dtype = float_dtype(bias->scalar_type(), op, "bias");
+    bias_dtype = float_dtype<SparseDtype>(bias->scalar_type(), op, "bias");
     bias_ptr = bias->const_data_ptr();
   }
 

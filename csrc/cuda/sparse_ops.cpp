@@ -11,24 +11,14 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "pycompress/cuda_op_checks.h"
 #include "pycompress/sparse_cuda.h"
 
 namespace {
 
 using pycompress::SparseDtype;
-
-SparseDtype float_dtype(c10::ScalarType t, const char* op, const char* what) {
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op, ": ", what,
-              " must be float32, float16 or bfloat16 (got ", t, ")");
-  return t == at::kFloat ? SparseDtype::kFloat32
-                         : (t == at::kHalf ? SparseDtype::kFloat16 : SparseDtype::kBFloat16);
-}
-
-void check_cuda(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), op, ": ", name, " must be on ",
-              like.device(), " (got ", t.device(), ")");
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
+using pycompress::check_cuda;
+using pycompress::float_dtype;
 
 struct CommonArgs {
   SparseDtype dtype;  // of x, values and out
@@ -56,12 +46,12 @@ CommonArgs check_common(const at::Tensor& x, const at::Tensor& crow, const at::T
   check_cuda(crow, x, op, "crow");
   check_cuda(col, x, op, "col");
   check_cuda(values, x, op, "values");
-  const SparseDtype dtype = float_dtype(x.scalar_type(), op, "x");
+  const SparseDtype dtype = float_dtype<SparseDtype>(x.scalar_type(), op, "x");
   if (!bias.has_value()) return {dtype, nullptr, SparseDtype::kNone};
   TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must be [N] = [", N, "] (got ",
               bias->sizes(), ")");
   check_cuda(*bias, x, op, "bias");
-  return {dtype, bias->const_data_ptr(), float_dtype(bias->scalar_type(), op, "bias")};
+  return {dtype, bias->const_data_ptr(), float_dtype<SparseDtype>(bias->scalar_type(), op, "bias")};
 }
 
 at::Tensor csr_mm_cuda(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
