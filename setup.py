@@ -55,6 +55,7 @@ setup(
         "pycompress.nn",
         "pycompress.quant",
         "pycompress.prune",
+        "pycompress.lowrank",
         "pycompress.data",
         "pycompress.kernels",
     ],

@@ -15,11 +15,13 @@ from pycompress.nn import (  # noqa: E402
     Int8Conv2d,
     Int8Linear,
     Int8StaticLinear,
+    LowRankLinear,
     Sparse24Linear,
     SparseLinear,
     TernaryLinear,
     WeightOnlyInt8Linear,
 )
+from pycompress.lowrank import LowRankConfig  # noqa: E402
 from pycompress.prune.configs import Sparse24Config, SparseConfig, StructuredPruneConfig  # noqa: E402
 from pycompress.quant import Quantizer  # noqa: E402
 from pycompress.quant.configs import (  # noqa: E402
@@ -45,6 +47,8 @@ __all__ = [
     "Int8StaticConfig",
     "Int8StaticLinear",
     "Int8WeightOnlyConfig",
+    "LowRankConfig",
+    "LowRankLinear",
     "MixedPrecisionConfig",
     "QATConfig",
     "Sparse24Config",

@@ -4,12 +4,13 @@ from pycompress.nn.base import PackedLinear
 from pycompress.nn.conv import BinaryConv2d, Int8Conv2d, PackedConv2d
 from pycompress.nn.int8 import Int8Linear, Int8StaticLinear
 from pycompress.nn.lowbit import BinaryLinear, TernaryLinear, WeightOnlyInt8Linear
+from pycompress.nn.lowrank import LowRankLinear
 from pycompress.nn.sparse import Sparse24Linear, SparseLinear
 
 FORMATS = {
     module.format_name: module
     for module in (Int8Linear, Int8StaticLinear, WeightOnlyInt8Linear, BinaryLinear, TernaryLinear, Int8Conv2d,
-                   BinaryConv2d, Sparse24Linear, SparseLinear)
+                   BinaryConv2d, Sparse24Linear, SparseLinear, LowRankLinear)
 }
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Int8Conv2d",
     "Int8Linear",
     "Int8StaticLinear",
+    "LowRankLinear",
     "PackedConv2d",
     "PackedLinear",
     "Sparse24Linear",
