@@ -111,19 +111,7 @@ at::Tensor float_rows(const at::Tensor& x, int64_t kp, Isa isa) {
       }
     });
   };
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      run(float{});
-      break;
-    case at::kHalf:
-      run(c10::Half{});
-      break;
-    case at::kBFloat16:
-      run(c10::BFloat16{});
-      break;
-    default:
-      TORCH_CHECK(false, "x must be float32, float16 or bfloat16 (got ", x.scalar_type(), ")");
-  }
+  dispatch_float(x.scalar_type(), "float_rows", "x", run);
   return xf;
 }
 

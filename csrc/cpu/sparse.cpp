@@ -224,19 +224,7 @@ void pack_x_slabs(const at::Tensor& x, int64_t W, float* dst, Isa isa) {
       }
     });
   };
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      run(float{});
-      break;
-    case at::kHalf:
-      run(c10::Half{});
-      break;
-    case at::kBFloat16:
-      run(c10::BFloat16{});
-      break;
-    default:
-      TORCH_CHECK(false, "x must be float32, float16 or bfloat16 (got ", x.scalar_type(), ")");
-  }
+  dispatch_float(x.scalar_type(), "pack_x_slabs", "x", run);
 }
 
 void gather_rows_avx2(int T, const float* slab, const int32_t* start, const int32_t* idx, const float* vals,

@@ -481,19 +481,7 @@ at::Tensor sparse24_mm(const at::Tensor& x, const at::Tensor& values, const at::
       sparse24_mm_scalar<VT>(p, out.mutable_data_ptr<VT>());
     }
   };
-  switch (x.scalar_type()) {
-    case at::kFloat:
-      run(float{});
-      break;
-    case at::kHalf:
-      run(c10::Half{});
-      break;
-    case at::kBFloat16:
-      run(c10::BFloat16{});
-      break;
-    default:
-      TORCH_CHECK(false, op, ": x must be float32, float16 or bfloat16 (got ", x.scalar_type(), ")");
-  }
+  dispatch_float(x.scalar_type(), op, "x", run);
   return out;
 }
 

@@ -124,40 +124,35 @@ def _check_bsr_mm(x, crow, col, values, bias) -> int:
 # the public ops
 
 
-def _run(op: str, device: torch.device, *args):
-    return registry.select(op, device.type).fn(*args)
-
-
-def _contiguous(*tensors):
-    return tuple(None if t is None else t.contiguous() for t in tensors)
+def _sparse_mm(op: str, check, x, crow, col, values, bias, *, fake: bool) -> Tensor:
+    """Shared body of csr_mm and bsr_mm (real and fake): validate, then run or allocate."""
+    N = check(x, crow, col, values, bias)
+    if fake or x.shape[0] == 0 or N == 0:
+        return x.new_empty((x.shape[0], N))
+    args = tuple(None if t is None else t.contiguous() for t in (x, crow, col, values, bias))
+    return registry.select(op, x.device.type).fn(*args)
 
 
 @torch.library.custom_op("pycompress::csr_mm", mutates_args=())
 def csr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """y = x @ w^T + bias with w [N, K] in CSR (crow, col, values)."""
-    N = _check_csr_mm(x, crow, col, values, bias)
-    if x.shape[0] == 0 or N == 0:
-        return x.new_empty((x.shape[0], N))
-    return _run("csr_mm", x.device, *_contiguous(x, crow, col, values, bias))
+    return _sparse_mm("csr_mm", _check_csr_mm, x, crow, col, values, bias, fake=False)
 
 
 @csr_mm.register_fake
 def _(x, crow, col, values, bias=None):
-    return x.new_empty((x.shape[0], _check_csr_mm(x, crow, col, values, bias)))
+    return _sparse_mm("csr_mm", _check_csr_mm, x, crow, col, values, bias, fake=True)
 
 
 @torch.library.custom_op("pycompress::bsr_mm", mutates_args=())
 def bsr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """y = x @ w^T + bias with w [N, K] in B x B blocks (crow, col, values [nnzb, B, B])."""
-    N = _check_bsr_mm(x, crow, col, values, bias)
-    if x.shape[0] == 0 or N == 0:
-        return x.new_empty((x.shape[0], N))
-    return _run("bsr_mm", x.device, *_contiguous(x, crow, col, values, bias))
+    return _sparse_mm("bsr_mm", _check_bsr_mm, x, crow, col, values, bias, fake=False)
 
 
 @bsr_mm.register_fake
 def _(x, crow, col, values, bias=None):
-    return x.new_empty((x.shape[0], _check_bsr_mm(x, crow, col, values, bias)))
+    return _sparse_mm("bsr_mm", _check_bsr_mm, x, crow, col, values, bias, fake=True)
 
 
 register_standard("csr_mm", "sparse", csr_mm_reference)

@@ -25,6 +25,25 @@
 
 namespace pycompress::cpu {
 
+// Calls run(T{}) with T = float, c10::Half or c10::BFloat16 for a float32, float16 or bfloat16
+// dtype; any other dtype is an error naming op and what.
+template <typename Run>
+void dispatch_float(at::ScalarType dtype, const char* op, const char* what, Run&& run) {
+  switch (dtype) {
+    case at::kFloat:
+      run(float{});
+      return;
+    case at::kHalf:
+      run(c10::Half{});
+      return;
+    case at::kBFloat16:
+      run(c10::BFloat16{});
+      return;
+    default:
+      TORCH_CHECK(false, op, ": ", what, " must be float32, float16 or bfloat16 (got ", dtype, ")");
+  }
+}
+
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 inline int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
 
