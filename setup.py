@@ -55,7 +55,7 @@ setup(
         "pycompress.nn",
         "pycompress.quant",
         "pycompress.prune",
-        "pycompress.lowrank",
+        "pycompress.lowrank", "pycompress.share",
         "pycompress.data",
         "pycompress.kernels",
     ],

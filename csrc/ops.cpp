@@ -37,4 +37,13 @@ TORCH_LIBRARY(pycompress_C, m) {
   m.def("csr_mm(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
   // x [M, K], BSR w [N, K]: crow int32 [N / B + 1], col int32 [nnzb], values [nnzb, B, B] -> [M, N].
   m.def("bsr_mm(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
+
+  // Low-rank family (csrc/cpu/lowrank.cpp, csrc/cuda/lowrank.cu): math in pycompress/ops/lowrank.py.
+  // x [M, K], v [r, K] x.dtype, u [N, r] x.dtype, bias [N]? -> [M, N] x.dtype; y = (x v^T) u^T + bias.
+  m.def("lowrank_mm(Tensor x, Tensor v, Tensor u, Tensor? bias) -> Tensor");
+
+  // Codebook family (csrc/cpu/codebook.cpp, csrc/cuda/codebook.cu): layout in pycompress/ops/codebook.py.
+  // x [M, K], idx uint8 [N, ceil(K / 2)] (4-bit, C = 16) or [N, K] (8-bit, C = 256), codebook [G, C]
+  // x.dtype with G = 1 or N, bias [N]? -> [M, N] x.dtype; w[n, k] = codebook[g(n), index(n, k)].
+  m.def("codebook_mm(Tensor x, Tensor idx, Tensor codebook, Tensor? bias) -> Tensor");
 }

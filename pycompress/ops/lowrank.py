@@ -1,0 +1,108 @@
+"""Fused low-rank GEMM: y = (x v^T) u^T + bias in one kernel.
+
+Op
+    lowrank_mm(x [M, K], v [r, K], u [N, r], bias [N]?) -> [M, N] x.dtype
+        t = x @ v^T  ([M, r], products summed in float32), rounded to x.dtype (a no-op for float32;
+            for float16 / bfloat16 it is the operand precision of the second tensor-core product, and
+            what two separate matmuls in that dtype do);
+        y = t @ u^T + bias, summed in float32, cast to x.dtype.
+    v and u have x's dtype (float32, float16 or bfloat16); bias any float dtype; 1 <= r.
+    The fused kernels keep t on chip (registers / shared memory / cache): it is never written to
+    global memory.
+    Differentiable in x, v, u and bias (the backward is plain PyTorch: dt = dy u, dx = dt v,
+    dv = dt^T x, du = dy^T t), so LowRankLinear's factors train through it.
+
+Backends: cpu (csrc/cpu/lowrank.cpp), cuda (csrc/cuda/lowrank.cu), triton (kernels/lowrank.py) and the
+reference below.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from pycompress import registry
+from pycompress.ops._backends import register_standard
+from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# reference
+
+
+def lowrank_mm_reference(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor]) -> Tensor:
+    t = (x.float() @ v.float().T).to(x.dtype).float()
+    y = t @ u.float().T
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _check(x, v, u, bias) -> None:
+    op = "lowrank_mm"
+    check_tensor(op, "x", x, dtypes=FLOAT_DTYPES, shape=(None, None), shape_doc="[M, K]")
+    K = x.shape[1]
+    if K == 0:
+        raise ValueError(f"{op}: x must have K >= 1 columns (got shape {list(x.shape)})")
+    check_tensor(op, "v", v, dtypes=(x.dtype,), shape=(None, K),
+                 shape_doc="[r, K] with K == x.shape[1], same dtype as x", device=x.device)
+    r = v.shape[0]
+    if r == 0:
+        raise ValueError(f"{op}: v must have rank r >= 1 rows (got shape {list(v.shape)})")
+    check_tensor(op, "u", u, dtypes=(x.dtype,), shape=(None, r),
+                 shape_doc="[N, r] with r == v.shape[0], same dtype as x", device=x.device)
+    if bias is not None:
+        check_tensor(op, "bias", bias, dtypes=FLOAT_DTYPES, shape=(u.shape[0],),
+                     shape_doc="[N] with N == u.shape[0]", device=x.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# the public op
+
+
+@torch.library.custom_op("pycompress::lowrank_mm", mutates_args=())
+def lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = (x @ v^T) @ u^T + bias with the [M, r] intermediate kept on chip."""
+    _check(x, v, u, bias)
+    if x.shape[0] == 0 or u.shape[0] == 0:
+        return x.new_empty((x.shape[0], u.shape[0]))
+    args = tuple(None if t is None else t.contiguous() for t in (x, v, u, bias))
+    return registry.select("lowrank_mm", x.device.type).fn(*args)
+
+
+@lowrank_mm.register_fake
+def _(x, v, u, bias=None):
+    _check(x, v, u, bias)
+    return x.new_empty((x.shape[0], u.shape[0]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, v, u, bias = inputs
+    ctx.save_for_backward(x, v, u)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, dy: Tensor):
+    x, v, u = ctx.saved_tensors
+    dx = dv = du = dbias = None
+    dt = dy @ u  # [M, r]
+    if ctx.needs_input_grad[0]:
+        dx = dt @ v
+    if ctx.needs_input_grad[1]:
+        dv = dt.T @ x
+    if ctx.needs_input_grad[2]:
+        du = dy.T @ (x @ v.T)
+    if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+        dbias = dy.sum(0).to(ctx.bias_dtype)
+    return dx, dv, du, dbias
+
+
+lowrank_mm.register_autograd(_backward, setup_context=_setup_context)
+
+register_standard("lowrank_mm", "lowrank", lowrank_mm_reference)

@@ -1,0 +1,121 @@
+"""Low-rank op family: every backend against the reference, autograd, opcheck, and bad input."""
+
+from importlib.util import find_spec
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import pycompress
+from pycompress.ops import lowrank as L
+
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed"))
+CPU_BACKENDS = ["cpu", TRITON, "reference"]
+CUDA_BACKENDS = ["cuda", TRITON, "reference"]
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+# (M, N, K, r): tails in every dimension, r above K, r not a multiple of any tile.
+SHAPES = [(1, 1, 1, 1), (1, 9, 32, 4), (3, 5, 48, 7), (5, 17, 112, 33), (33, 20, 64, 16), (2, 7, 144, 100),
+          (4, 8, 16, 24), (16, 64, 256, 64), (70, 96, 384, 96)]
+
+
+def _call(backend, *args):
+    with pycompress.use_backend(backend):
+        return pycompress.ops.lowrank_mm(*args)
+
+
+def _factors(M, N, K, r, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g)
+    v = torch.randn(r, K, generator=g) / K**0.5
+    u = torch.randn(N, r, generator=g) / r**0.5
+    bias = torch.randn(N, generator=g)
+    return [t.to(dtype).to(device) for t in (x, v, u, bias)]
+
+
+def _check(backend, device, shapes=SHAPES):
+    for M, N, K, r in shapes:
+        for dtype in FLOATS:
+            x, v, u, bias = _factors(M, N, K, r, dtype, device, seed=M * N + K + r)
+            for b in (None, bias):
+                out = _call(backend, x, v, u, b)
+                assert out.dtype == dtype and out.shape == (M, N), (backend, M, N, K, r, dtype)
+                if dtype == torch.float32:
+                    torch.testing.assert_close(out, L.lowrank_mm_reference(x, v, u, b), rtol=1e-5, atol=1e-4)
+                else:
+                    # Error against float64 within twice that of two torch matmuls in this dtype (plus a floor).
+                    exact = (x.double() @ v.double().T) @ u.double().T + (0 if b is None else b.double())
+                    ours = (out.double() - exact).abs().max().item()
+                    theirs = (F.linear(F.linear(x, v), u, b).double() - exact).abs().max().item()
+                    assert ours <= 2 * theirs + 1e-2, (backend, M, N, K, r, dtype, ours, theirs)
+    # Non-contiguous inputs give the result of their contiguous copies.
+    x, v, u, bias = _factors(6, 24, 64, 8, torch.float32, device, seed=1)
+    xs = torch.randn(6, 128, device=device)[:, ::2]
+    torch.testing.assert_close(_call(backend, xs, v, u.T.contiguous().T, bias),
+                               L.lowrank_mm_reference(xs.contiguous(), v, u, bias), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_lowrank_mm_cpu(backend):
+    _check(backend, "cpu")
+
+
+@pytest.mark.parametrize("isa", ["scalar", "auto"])
+def test_cpu_isa_paths(isa, monkeypatch):
+    monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
+    for M in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 64, 300):
+        for K, N, r in ((384, 96, 96), (100, 33, 17)):
+            x, v, u, bias = _factors(M, N, K, r, torch.float32, "cpu", seed=M + K)
+            torch.testing.assert_close(_call("cpu", x, v, u, bias), L.lowrank_mm_reference(x, v, u, bias),
+                                       rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_lowrank_mm_cuda(backend):
+    _check(backend, "cuda", SHAPES + [(64, 4096, 4096, 1024), (2048, 1536, 384, 96), (1, 8192, 8192, 512)])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", TRITON])
+def test_opcheck(backend):
+    x, v, u, bias = _factors(3, 12, 32, 5, torch.float32, "cpu", seed=2)
+    with pycompress.use_backend(backend):
+        op = torch.ops.pycompress.lowrank_mm.default
+        torch.library.opcheck(op, (x, v, u, bias))
+        torch.library.opcheck(op, (x[:1], v, u, None))
+        torch.library.opcheck(op, (x.requires_grad_(), v.requires_grad_(), u.requires_grad_(), bias.requires_grad_()))
+
+
+def test_autograd_matches_two_linears():
+    x, v, u, bias = (t.requires_grad_() for t in _factors(5, 12, 32, 6, torch.float32, "cpu", seed=3))
+    y = pycompress.ops.lowrank_mm(x, v, u, bias)
+    grads = torch.autograd.grad(y.square().sum(), (x, v, u, bias))
+    expected = torch.autograd.grad(F.linear(F.linear(x, v), u, bias).square().sum(), (x, v, u, bias))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # Only the inputs that require grad get one.
+    v2 = v.detach()
+    dx, = torch.autograd.grad(pycompress.ops.lowrank_mm(x, v2, u.detach()).sum(), (x,))
+    torch.testing.assert_close(dx, torch.ones(5, 12) @ u.detach() @ v2)
+
+
+def test_bad_input():
+    x, v, u, bias = _factors(2, 6, 16, 4, torch.float32, "cpu", seed=4)
+    op = pycompress.ops.lowrank_mm
+    with pytest.raises(ValueError, match=r"lowrank_mm: v must be float32 of shape \[r, K\] with K == x.shape\[1\]"):
+        op(x, v[:, :8], u)
+    with pytest.raises(ValueError, match=r"lowrank_mm: v must have rank r >= 1 rows"):
+        op(x, v[:0], u[:, :0])
+    with pytest.raises(ValueError, match=r"lowrank_mm: u must be float32 of shape \[N, r\] with r == v.shape\[0\]"):
+        op(x, v, u[:, :3])
+    with pytest.raises(ValueError, match=r"lowrank_mm: u must be float32 .* \(got float16"):
+        op(x, v, u.half())
+    with pytest.raises(ValueError, match=r"lowrank_mm: bias must be float32 or float16 or bfloat16 of shape \[N\]"):
+        op(x, v, u, bias[:5])
+    with pytest.raises(ValueError, match=r"lowrank_mm: x must be float32 or float16 or bfloat16"):
+        op(x.int(), v, u)
+
+
+def test_empty_inputs():
+    x, v, u, bias = _factors(2, 6, 16, 4, torch.float32, "cpu", seed=5)
+    assert pycompress.ops.lowrank_mm(x[:0], v, u, bias).shape == (0, 6)
+    assert pycompress.ops.lowrank_mm(x, v, u[:0]).shape == (2, 0)
