@@ -35,6 +35,7 @@ bench: setup
 	$(PY) -m benchmarks.run --family int8
 	$(PY) -m benchmarks.run --family lowbit
 	$(PY) -m benchmarks.run --family sparse
+	$(PY) -m benchmarks.run --family lowrank
 
 clean:
 	rm -rf build *.egg-info pycompress/*.so

@@ -279,7 +279,51 @@ def sparse_cases(device: str, quick: bool):
             yield f"bsr{block}_mm@{sparsity:.0%}", M, N, K, candidates, baselines
 
 
-FAMILIES = {"int8": int8_cases, "lowbit": lowbit_cases, "sparse": sparse_cases}
+def lowrank_cases(device: str, quick: bool):
+    """The fused low-rank GEMM (lowrank_mm) against the dense float matmul of the same layer and two
+    separate torch matmuls; the codebook GEMM (codebook_mm, 4- and 8-bit indices, a codebook per output
+    channel) against the dense float matmul. Each lowrank row carries the ideal FLOP ratio
+    N K / (r (N + K))."""
+    from pycompress.ops.codebook import pack_indices
+
+    float_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    fname = str(float_dtype).replace("torch.", "")
+    backends = ["cuda", "triton"] if device == "cuda" else ["cpu"]
+    if device == "cuda":
+        lowrank = [(M, 4096, 4096, 1024) for M in (1, 16, 64, 4096)] + [(M, 1536, 384, 96) for M in (64, 4096)]
+        lowrank += [(16, 8192, 8192, 2048)]
+        codebook = [(M, n, n) for M in (1, 16) for n in (4096, 8192)]
+    else:
+        lowrank = [(M, 1536, 384, 96) for M in (64, 256, 1024, 4096)] + [(64, 4096, 4096, 1024)]
+        lowrank += [] if quick else [(1, 4096, 4096, 1024), (16, 4096, 4096, 1024)]
+        codebook = [(M, 4096, 4096) for M in (1, 4, 16)]
+    for M, N, K, r in lowrank:
+        g = torch.Generator().manual_seed(M + N + K + r)
+        x, v, u = (t.to(device=device, dtype=float_dtype) for t in
+                   (torch.randn(M, K, generator=g), torch.randn(r, K, generator=g) / K**0.5,
+                    torch.randn(N, r, generator=g) / r**0.5))
+        w = u @ v
+        candidates = {f"lowrank_mm[{b}]": _backend_fn(b, lambda x=x, v=v, u=u: pycompress.ops.lowrank_mm(x, v, u))
+                      for b in backends}
+        baselines = {f"torch.matmul[{fname}]": lambda x=x, w=w: torch.nn.functional.linear(x, w),
+                     f"two torch matmuls[{fname}]": lambda x=x, v=v, u=u: torch.nn.functional.linear(
+                         torch.nn.functional.linear(x, v), u)}
+        yield f"lowrank_mm@r{r}", M, N, K, candidates, baselines, {"rank": r, "ideal_flop_ratio": N * K / (r * (N + K))}
+    for M, N, K in codebook:
+        for bits in (4, 8):
+            g = torch.Generator().manual_seed(M + N + K + bits)
+            indices = torch.randint(0, 2**bits, (N, K), generator=g)
+            table = torch.randn(N, 2**bits, generator=g).to(device=device, dtype=float_dtype)
+            idx = pack_indices(indices, bits).to(device)
+            x = torch.randn(M, K, generator=g).to(device=device, dtype=float_dtype)
+            w = torch.gather(table, 1, indices.to(device))
+            candidates = {f"codebook_mm[{b}]": _backend_fn(b, lambda x=x, i=idx, c=table: pycompress.ops.codebook_mm(x, i, c))
+                          for b in backends}
+            baselines = {f"torch.matmul[{fname}]": lambda x=x, w=w: torch.nn.functional.linear(x, w)}
+            yield f"codebook_mm@{bits}bit", M, N, K, candidates, baselines, {"bits": bits, "per_channel": True}
+
+
+FAMILIES = {"int8": int8_cases, "lowbit": lowbit_cases, "sparse": sparse_cases, "lowrank": lowrank_cases}
 
 
 def minilm_case(device: str):
@@ -365,7 +409,7 @@ def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
         raise SystemExit(f"benchmarks.run: --family must be one of: {', '.join(FAMILIES)} (got {family!r})")
     peak = measured_peak(device)
     rows = []
-    for case, M, N, K, candidates, baselines in FAMILIES[family](device, quick):
+    for case, M, N, K, candidates, baselines, *extra in FAMILIES[family](device, quick):
         ops = 2 * M * N * K
         times = time_fns({**candidates, **baselines}, device)
         for name in candidates:
@@ -379,6 +423,7 @@ def run_family(family: str, device: str, quick: bool, out_dir: Path) -> Path:
                 "share_of_float_peak": ops / t / 1e9 / peak["gflops"],
                 "baselines_ms": {b: times[b] * 1e3 for b in baselines},
                 "speedup_vs": {b: times[b] / t for b in baselines},
+                **(extra[0] if extra else {}),
             })
             ratios = "  ".join(f"{rows[-1]['speedup_vs'][b]:.2f}x vs {b}" for b in baselines)
             print(f"{case:<12} M={M:<5} N={N:<6} K={K:<6} {name:<22} {t * 1e3:9.3f} ms  {ratios}", flush=True)
