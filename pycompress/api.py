@@ -156,15 +156,62 @@ def _compressed_modules(model: nn.Module):
             yield name, module
 
 
+def _tie_groups(model: nn.Module) -> list:
+    """The state-dict names under which one tensor object is registered more than once (tied parameters
+    and buffers, e.g. shared layers or an output layer tied to the input embedding): one list per tensor."""
+    persistent = set(model.state_dict(keep_vars=True))
+    names: dict = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if name in persistent:
+            names.setdefault(id(tensor), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    return "parameter" if isinstance(tensor, nn.Parameter) else "buffer"
+
+
+def _retie(model: nn.Module, ties: list, manifest_path: Path) -> None:
+    """Register the tensor of each group's first name under the group's other names, so that the model
+    holds the one tensor the file stores for the group."""
+
+    def tensor_at(name: str):
+        owner_name, _, leaf = name.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name)
+        except AttributeError as exc:
+            raise ValueError(f"load: model has no submodule {owner_name!r} for the tied tensor {name!r} named in "
+                             f"{manifest_path}") from exc
+        own = {**dict(owner.named_parameters(recurse=False, remove_duplicate=False)),
+               **dict(owner.named_buffers(recurse=False, remove_duplicate=False))}
+        tensor = own.get(leaf)
+        if tensor is None:
+            raise ValueError(f"load: model has no parameter or buffer {name!r} named in the ties of {manifest_path}")
+        return owner, leaf, tensor
+
+    for group in ties:
+        _, _, shared = tensor_at(group[0])
+        for name in group[1:]:
+            owner, leaf, tensor = tensor_at(name)
+            if tensor.shape != shared.shape or isinstance(tensor, nn.Parameter) != isinstance(shared, nn.Parameter):
+                raise ValueError(f"load: {name!r} ({_kind(tensor)} {list(tensor.shape)}) cannot be tied to "
+                                 f"{group[0]!r} ({_kind(shared)} {list(shared.shape)}) as {manifest_path} says")
+            setattr(owner, leaf, shared)
+
+
 def save(model: nn.Module, path: Union[str, Path]) -> Path:
     """Write ``model`` to the directory ``path``: ``model.safetensors`` (every tensor of the state
-    dict, shared tensors once) and ``pycompress.json`` (which layer has which packed format)."""
+    dict, shared tensors once) and ``pycompress.json`` (which layer has which packed format and, under
+    ``ties`` when there are any, the names that share one tensor)."""
     from safetensors.torch import save_model
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     layers = {name: module.manifest_entry() for name, module in _compressed_modules(model)}
     manifest = {"manifest_version": MANIFEST_VERSION, "layers": layers}
+    ties = _tie_groups(model)
+    if ties:
+        manifest["ties"] = ties
     save_model(model, str(path / WEIGHTS))
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return path
@@ -172,8 +219,9 @@ def save(model: nn.Module, path: Union[str, Path]) -> Path:
 
 def load(path: Union[str, Path], model: nn.Module, *, device: Union[str, torch.device] = "cpu") -> nn.Module:
     """Load a model written by ``save`` into ``model``, an instance of the original (uncompressed)
-    architecture: the layers named in the manifest are swapped for their packed modules, then every
-    tensor is loaded (strictly). Returns the model."""
+    architecture: the layers named in the manifest are swapped for their packed modules, the tensors the
+    manifest lists as tied are tied again (one object under all their names), then every tensor is
+    loaded (strictly). Returns the model."""
     from safetensors.torch import load_model
 
     from pycompress.nn import FORMATS
@@ -197,5 +245,6 @@ def load(path: Union[str, Path], model: nn.Module, *, device: Union[str, torch.d
         except AttributeError as exc:
             raise ValueError(f"load: model has no submodule {name!r} named in {manifest_path}") from exc
         _set_submodule(model, name, module_type.from_manifest_entry(entry, device=device))
+    _retie(model, manifest.get("ties", []), manifest_path)
     load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
     return model
