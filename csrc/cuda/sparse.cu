@@ -10,7 +10,6 @@
 // Products are summed in float32 in any order and rounded once; the index arrays are trusted.
 #include <climits>
 #include <cstdint>
-#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -22,25 +21,6 @@
 
 namespace pycompress {
 namespace {
-
-// An element type as raw bits (Bits), widened exactly to float32.
-template <typename T>
-struct Element;
-template <>
-struct Element<float> {
-  using Bits = uint32_t;
-  __device__ static float to_float(Bits b) { return __uint_as_float(b); }
-};
-template <>
-struct Element<__half> {
-  using Bits = uint16_t;
-  __device__ static float to_float(Bits b) { return __half2float(__ushort_as_half(b)); }
-};
-template <>
-struct Element<__nv_bfloat16> {
-  using Bits = uint16_t;
-  __device__ static float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-};
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -266,24 +246,6 @@ struct BsrArgs {
   bool async;         // x and values 16-byte aligned: tiles are staged by cp.async
   bool vector_store;  // N % 8 == 0 and out 16-byte aligned
 };
-
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                          uint32_t b1) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 
 // Stages blocks first .. first + kWarpsK - 1 of the block row (those below `end`) and their slices of
 // x (rows m0 .. m0 + kBM - 1, zero past M). Without args.async the copies are synchronous stores,

@@ -14,6 +14,12 @@ what each design promises, on both archs:
     compress moves whole 16-byte vectors when aligned; no kernel spills.
   sparse.cu: the float16 / bfloat16 BSR GEMM uses the dense tensor cores (HMMA.16816) fed by cp.async
     and ldmatrix; the CSR GEMM walks rows with warp ballots (VOTE) and shuffles; no kernel spills.
+  lowrank.cu: the float16 / bfloat16 fused low-rank GEMM runs both products on the dense tensor cores
+    (HMMA.16816) fed by cp.async and ldmatrix, the CUDA-core kernels on FFMA; every kernel adds the
+    partial products of a split rank with float32 atomics (RED, or ATOMG on sm_90a); no kernel spills.
+  codebook.cu: the decode kernels stream the indices with 16-byte loads (LDG.E.128), multiply on FFMA
+    and reduce with shuffles; the float16 / bfloat16 tile kernels use the dense tensor cores
+    (HMMA.16816) fed by cp.async and ldmatrix; no kernel spills.
 The torch registration files (csrc/cuda/*.cpp) are syntax-checked by the host compiler against torch's
 headers, which works with a CPU-only torch because it ships the c10/cuda headers (its generated
 cuda_cmake_macros.h is replaced by -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE).
@@ -365,3 +371,57 @@ def test_csr_mm_walks_rows_with_warp_collectives(sass, arch):
         assert _count(ops, "VOTE") > 0, f"{name} ({arch}) does not count entries with a warp ballot"
         assert _count(ops, "SHFL") > 0, f"{name} ({arch}) does not broadcast entries with shuffles"
         assert _count(ops, "FFMA") > 0, f"{name} ({arch}) has no FFMA"
+
+
+def _float_atomic_adds(ops: collections.Counter) -> int:
+    """float32 atomic adds to global memory: RED on sm_80; ptxas emits ATOMG for them on sm_90a."""
+    return sum(n for op, n in ops.items() if op.split(".")[0] in ("RED", "REDG", "ATOMG") and ".ADD.F32" in op)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_lowrank_mm_uses_tensor_cores(sass, arch):
+    functions = sass("lowrank.cu", arch)
+    assert functions, f"lowrank.cu ({arch}) holds no kernels"
+    for name, ops in functions.items():
+        assert _spills(ops) == 0, f"{name} ({arch}) uses local memory ({_spills(ops)} LDL/STL)"
+        assert _float_atomic_adds(ops) > 0, f"{name} ({arch}) cannot add split-rank partial sums: {ops}"
+    gemms = {name: ops for name, ops in functions.items() if "lowrank_mm_kernel" in name}
+    # 2 row tiles (16, 64 rows of x) x 2 operand types.
+    assert len(gemms) == 4, f"expected 4 lowrank_mm_kernel instantiations, found {sorted(gemms)}"
+    assert {_operand_type(name) for name in gemms} == {"bfloat16", "half"}
+    for name, ops in gemms.items():
+        form = DENSE_HMMA[_operand_type(name)]
+        assert ops[form] > 0, f"{name} ({arch}) has no {form}: {ops}"
+        assert ops[form] == _count(ops, "HMMA"), f"{name} ({arch}): unexpected HMMA forms {ops}"
+        assert _count(ops, "LDSM") > 0, f"{name} ({arch}) does not read fragments with ldmatrix"
+        assert _count(ops, "LDGSTS") > 0, f"{name} ({arch}) does not stage tiles with cp.async"
+    simt = {name: ops for name, ops in functions.items() if "lowrank_mm_simt_kernel" in name}
+    # 3 dtypes x 2 row tiles.
+    assert len(simt) == 6, f"expected 6 CUDA-core lowrank_mm kernels, found {sorted(simt)}"
+    for name, ops in simt.items():
+        assert _count(ops, "FFMA") > 0 and _count(ops, "HMMA") == 0, f"{name} ({arch}): {ops}"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_codebook_mm_streams_indices_and_uses_tensor_cores(sass, arch):
+    functions = sass("codebook.cu", arch)
+    assert functions, f"codebook.cu ({arch}) holds no kernels"
+    for name, ops in functions.items():
+        assert _spills(ops) == 0, f"{name} ({arch}) uses local memory ({_spills(ops)} LDL/STL)"
+    decode = {name: ops for name, ops in functions.items() if "codebook_decode_kernel" in name}
+    # 2 index widths x (rows of x per block: 1, 2, 4, 8 for float32; 1, 2, 4, 8, 16 for (b)float16).
+    assert len(decode) == 2 * (4 + 5 + 5), f"expected 28 codebook_decode_kernel instantiations, found {sorted(decode)}"
+    for name, ops in decode.items():
+        assert _count(ops, "LDG.E.128") > 0, f"{name} ({arch}) has no 16-byte loads"
+        assert _count(ops, "FFMA") > 0 and _count(ops, "HMMA") == 0, f"{name} ({arch}): {ops}"
+        assert _count(ops, "SHFL") > 0, f"{name} ({arch}) does not reduce with shuffles"
+    tiles = {name: ops for name, ops in functions.items() if "codebook_mm_tile_kernel" in name}
+    # 2 index widths x 2 operand types.
+    assert len(tiles) == 4, f"expected 4 codebook_mm_tile_kernel instantiations, found {sorted(tiles)}"
+    assert {_operand_type(name) for name in tiles} == {"bfloat16", "half"}
+    for name, ops in tiles.items():
+        form = DENSE_HMMA[_operand_type(name)]
+        assert ops[form] > 0, f"{name} ({arch}) has no {form}: {ops}"
+        assert ops[form] == _count(ops, "HMMA"), f"{name} ({arch}): unexpected HMMA forms {ops}"
+        assert _count(ops, "LDSM") > 0, f"{name} ({arch}) does not read fragments with ldmatrix"
+        assert _count(ops, "LDGSTS") > 0, f"{name} ({arch}) does not stage x with cp.async"

@@ -1,9 +1,11 @@
-// Device helpers shared by the sparse CUDA kernel files (csrc/cuda/sparse24.cu, csrc/cuda/sparse.cu):
+// Device helpers shared by the tensor-core CUDA kernel files (csrc/cuda/sparse24.cu, sparse.cu, lowrank.cu,
+// codebook.cu):
 // float32 arithmetic and bias loads of the op contracts, the swizzled shared-memory tiles that
 // ldmatrix reads, their staging, and the epilogue of the tensor-core tile kernels. Torch-free.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,6 +23,25 @@ __device__ __forceinline__ float ieee_fma(float a, float b, float c) {
   return r;
 }
 
+// An element type as raw bits (Bits), widened exactly to float32.
+template <typename T>
+struct Element;
+template <>
+struct Element<float> {
+  using Bits = uint32_t;
+  __device__ static float to_float(Bits b) { return __uint_as_float(b); }
+};
+template <>
+struct Element<__half> {
+  using Bits = uint16_t;
+  __device__ static float to_float(Bits b) { return __half2float(__ushort_as_half(b)); }
+};
+template <>
+struct Element<__nv_bfloat16> {
+  using Bits = uint16_t;
+  __device__ static float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
+};
+
 // bias[i] widened exactly to float32.
 __device__ __forceinline__ float load_bias(const void* bias, SparseDtype dtype, int64_t i) {
   switch (dtype) {
@@ -32,6 +53,29 @@ __device__ __forceinline__ float load_bias(const void* bias, SparseDtype dtype, 
           << 16);
     default:
       return static_cast<const float*>(bias)[i];
+  }
+}
+
+// d += a b on the dense tensor cores: mma.sync m16n8k16, float16 or bfloat16 (T) operands, float32
+// accumulate. Fragments per lane (lane = 4 g + t), from the PTX ISA's mma.m16n8k16 .f16/.bf16 layouts:
+// a0a1 = A row g, columns 2t, 2t + 1; a2a3 = row g + 8; a4a5 = row g, columns 8 + 2t, 9 + 2t; a6a7 =
+// row g + 8, same; b0 = B column g, rows 2t, 2t + 1; b1 = rows 8 + 2t, 9 + 2t; d0, d1 = row g, columns
+// 2t, 2t + 1; d2, d3 = row g + 8.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
 
