@@ -12,16 +12,25 @@ from pycompress.api import compress_, load, register_handler, report, save  # no
 from pycompress.nn import (  # noqa: E402
     BinaryConv2d,
     BinaryLinear,
+    CodebookLinear,
     Int8Conv2d,
     Int8Linear,
     Int8StaticLinear,
     LowRankLinear,
+    SeparableConv2d,
     Sparse24Linear,
     SparseLinear,
     TernaryLinear,
     WeightOnlyInt8Linear,
 )
-from pycompress.lowrank import LowRankConfig  # noqa: E402
+from pycompress.lowrank import LowRankConfig, SeparableConvConfig, separable_  # noqa: E402
+from pycompress.share import (  # noqa: E402
+    ClusterConfig,
+    FactorizedEmbedding,
+    FactorizedEmbeddingConfig,
+    ShareLayersConfig,
+    share_layers_,
+)
 from pycompress.prune.configs import Sparse24Config, SparseConfig, StructuredPruneConfig  # noqa: E402
 from pycompress.quant import Quantizer  # noqa: E402
 from pycompress.quant.configs import (  # noqa: E402
@@ -37,6 +46,15 @@ from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E4
 from pycompress.info import info  # noqa: E402
 
 __all__ = [
+    "share_layers_",
+    "separable_",
+    "ShareLayersConfig",
+    "SeparableConvConfig",
+    "SeparableConv2d",
+    "FactorizedEmbeddingConfig",
+    "FactorizedEmbedding",
+    "CodebookLinear",
+    "ClusterConfig",
     "BackendUnavailableError",
     "BinaryConfig",
     "BinaryConv2d",

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from pycompress.api import register_handler
 from pycompress.lowrank.factorize import factorize, rank_for_energy
+from pycompress.nn import FORMATS
 
 
 def _check_dim(fn: str, dim, V: int, H: int) -> None:
@@ -202,3 +203,7 @@ def _convert(module: nn.Embedding, config: FactorizedEmbeddingConfig, observer, 
 
 
 __all__ = ["FactorizedEmbedding", "FactorizedEmbeddingConfig", "dim_for_energy", "unsupported_reason"]
+
+
+# pycompress.load rebuilds the modules named in a manifest from pycompress.nn.FORMATS.
+FORMATS[FactorizedEmbedding.format_name] = FactorizedEmbedding
