@@ -157,6 +157,18 @@ def test_manifest_entry_rebuilds_the_module():
     assert rebuilt.table.dtype == torch.float16 and torch.equal(rebuilt(ids), factorized(ids))
 
 
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = _Tagger()
+    with pytest.warns(UserWarning, match=r"left dense: kinds"):
+        pycompress.compress_(model, FactorizedEmbeddingConfig(dim=8))
+    pycompress.save(model, tmp_path / "m")
+    loaded = pycompress.load(tmp_path / "m", _Tagger())
+    assert isinstance(loaded.words, FactorizedEmbedding) and loaded.words.dim == 8
+    ids = torch.randint(0, 200, (2, 7))
+    assert torch.equal(loaded(ids), model(ids))
+
+
 def test_torch_compile_and_fine_tuning():
     torch.manual_seed(0)
     model = _Tagger()
