@@ -1,4 +1,5 @@
-// Helpers shared by the CPU kernel files (csrc/cpu/int8.cpp, lowbit.cpp, sparse.cpp, sparse24.cpp).
+// Helpers shared by the CPU kernel files (csrc/cpu/int8.cpp, lowbit.cpp, sparse.cpp, sparse24.cpp,
+// lowrank.cpp, codebook.cpp).
 //
 // The AVX2 helpers carry PYC_AVX2, the int8 family's target: AVX2 and F16C, no FMA, since int8_isa()
 // does not require it. They inline into callers compiled with more features (the low-bit kernels add
@@ -22,6 +23,8 @@
 #include "pycompress/cpu_features.h"
 
 #define PYC_AVX2 __attribute__((target("avx2,f16c")))
+// The float kernels' AVX2 target, the features lowbit_isa() requires.
+#define PYC_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
 
 namespace pycompress::cpu {
 
@@ -50,6 +53,11 @@ inline int64_t round_up(int64_t x, int64_t m) { return ceil_div(x, m) * m; }
 inline float to_float(float v) { return v; }
 inline float to_float(c10::Half v) { return static_cast<float>(v); }
 inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// t as float32: t itself when it is float32 already, else a contiguous copy.
+inline at::Tensor as_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat).contiguous();
+}
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
@@ -88,6 +96,14 @@ PYC_AVX2 inline __m256 load8(const c10::Half* p) {
 PYC_AVX2 inline __m256 load8(const c10::BFloat16* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// The sum of the 8 lanes of v.
+PYC_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 // float32 lanes as float16 bit patterns (the four of a 128-bit vector in the low half), rounding to
@@ -165,5 +181,25 @@ void gather_rows_avx2(int T, const float* slab, const int32_t* start, const int3
 // out's dtype (float32, float16 or bfloat16; out is [M, N] contiguous).
 void store_transposed(const float* tile, int64_t ldt, int64_t rows, int64_t cols, int64_t n0, int64_t m0,
                       const float* bias, const at::Tensor& out, Isa isa);
+
+// ---------------------------------------------------------------------------------------------------
+// Dense float32 GEMM against panels of x^T (defined in csrc/cpu/lowrank.cpp; csrc/cpu/codebook.cpp uses
+// it too).
+//
+// The panels are the slabs of pack_x_slabs with W = 8 T columns (T = 1 or 2): panel p holds W columns of
+// x^T, its row k (W floats) at b + p ldb + k W. The result is y^T, a row per row of a (a weight row), W
+// columns per panel, so the weights are read in place, row by row, and only x is packed.
+
+// The panel width W (8 or 16) for M rows of x: one vector for M <= 8, where wider panels would be mostly
+// padding.
+int64_t panel_width(int64_t M);
+
+// For i < rows, p < panels, j < W: c[i ldc + p ldcp + j] (+)= sum over k < depth of a[i lda + k] *
+// b[p ldb + k W + j] ("+=" when accumulate); b's rows are 32-byte aligned (as pack_x_slabs writes them into
+// an aligned_buffer). AVX2 + FMA: register tiles of 12 / T rows of a by one panel
+// (12 accumulators, each a broadcast of a times a vector of the panel), depth in blocks that keep the
+// tile's rows of a and the panels' rows in L1.
+void gemm_panels_avx2(int T, const float* a, int64_t lda, int64_t rows, int64_t depth, const float* b,
+                      int64_t panels, int64_t ldb, float* c, int64_t ldc, int64_t ldcp, bool accumulate);
 
 }  // namespace pycompress::cpu

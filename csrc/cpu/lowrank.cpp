@@ -1,0 +1,505 @@
+// CPU kernel of the low-rank op family: lowrank_mm (math in pycompress/ops/lowrank.py), and the dense
+// panel GEMM that csrc/cpu/codebook.cpp shares (declared in pycompress/cpu_kernels.h).
+//
+// Two paths, picked at every call by pycompress::cpu::lowbit_isa() (PYCOMPRESS_CPU_ISA=scalar forces the
+// portable one): AVX2 + FMA (compiled with target attributes) and scalar.
+//
+// The AVX2 path runs both products through one register tile (panel_tile): 6 rows of a left operand read
+// in place, each value broadcast, times a 16-wide panel of the right operand (two vectors), 12 FMAs per 2
+// panel loads and 6 broadcasts (12 x 8 for M <= 8). t = x v^T lives in a per-thread buffer (L1 or L2),
+// never in a tensor; each thread runs whole blocks of rows of x through both products. Two layouts:
+// - M < kPackedMinRows: nothing of the factors is packed, only x. Per block of up to 64 rows, x^T as
+//   panels (pack_x_slabs), then
+//     phase 1: t^T [r, mb] = v [r, K] x^T, into a buffer laid out as panels of t^T, which is exactly the
+//              right operand phase 2 wants;
+//     phase 2: y^T [N, mb] = u [N, r] t^T, 48 rows of u at a time, transposed into y with the bias
+//              (store_transposed).
+//   Threads own runs of panels; with fewer panels than threads (M <= 16 on two), the one block's phase 1
+//   is split over the rows of v and phase 2 over the rows of u instead.
+// - M >= kPackedMinRows: v^T and u^T are packed once per call as 16-wide panels, and x and t are read in
+//   place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written straight from the
+//   registers, so y is neither staged nor transposed (that saved about 15% at M >= 1024, where y is
+//   written to memory).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "pycompress/cpu_features.h"
+#include "pycompress/cpu_kernels.h"
+
+namespace pycompress::cpu {
+namespace {
+
+// Depth of a block of gemm_panels_avx2: 6 rows of a (6 KiB) and a 16-wide panel slice (16 KiB) in L1.
+constexpr int64_t kDepthBlock = 256;
+
+// The sums of a register tile, row i and vector t: store(i, t, sums) writes them where they go.
+// c[i ldc + 8 t ..] (+)= sums: the panel GEMM's float32 result.
+struct StoreSums {
+  float* c;
+  int64_t ldc;
+  bool accumulate;
+
+  PYC_AVX2_FMA void operator()(int i, int t, __m256 v) const {
+    float* ci = c + i * ldc + 8 * t;
+    _mm256_storeu_ps(ci, accumulate ? _mm256_add_ps(v, _mm256_loadu_ps(ci)) : v);
+  }
+};
+
+// sum over k < depth of a[i lda + k] b[k W + j] for i < MR, j < W = 8 T, to store. The same columns of the
+// MR rows at `next` (stride lda) are prefetched: the rows of a are as many short streams, a block of depth
+// each, which the hardware prefetcher does not follow. Not inlined: a call costs nothing next to a tile's
+// depth of steps, and the loop's registers then do not depend on the caller (inlined into product_rows,
+// GCC was seen to keep the panel vectors on the stack, a store and a load per step).
+template <int MR, int T, class Store>
+__attribute__((noinline)) PYC_AVX2_FMA void panel_tile(const float* a, int64_t lda, const float* b, int64_t depth,
+                                                        const float* next, const Store& store) {
+  constexpr int W = 8 * T;
+  __m256 acc[MR][T];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int t = 0; t < T; ++t) {
+      acc[i][t] = _mm256_setzero_ps();
+    }
+  }
+  for (int64_t k = 0; k < depth; ++k) {
+    if (k % 16 == 0) {
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(next + i * lda + k), _MM_HINT_T0);
+      }
+    }
+    __m256 bv[T];
+#pragma GCC unroll 2
+    for (int t = 0; t < T; ++t) {
+      bv[t] = _mm256_load_ps(b + k * W + 8 * t);
+      // Keeps the panel vector in a register: GCC would otherwise fold the load into each FMA, one load
+      // per row of a.
+      __asm__("" : "+x"(bv[t]));
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m256 av = _mm256_broadcast_ss(a + i * lda + k);
+#pragma GCC unroll 2
+      for (int t = 0; t < T; ++t) {
+        acc[i][t] = _mm256_fmadd_ps(av, bv[t], acc[i][t]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int t = 0; t < T; ++t) {
+      store(i, t, acc[i][t]);
+    }
+  }
+}
+
+// panel_tile<rows, T> for the rows (1 .. R) left below a full tile.
+template <int R, int T, class Store>
+PYC_AVX2_FMA void panel_tile_rows(int rows, const float* a, int64_t lda, const float* b, int64_t depth,
+                                  const Store& store) {
+  if constexpr (R > 0) {
+    if (rows == R) {
+      panel_tile<R, T>(a, lda, b, depth, a, store);
+    } else {
+      panel_tile_rows<R - 1, T>(rows, a, lda, b, depth, store);
+    }
+  }
+}
+
+template <int T>
+PYC_AVX2_FMA void gemm_panels_t(const float* a, int64_t lda, int64_t rows, int64_t depth, const float* b,
+                                int64_t panels, int64_t ldb, float* c, int64_t ldc, int64_t ldcp, bool accumulate) {
+  constexpr int W = 8 * T;
+  constexpr int MR = 12 / T;
+  for (int64_t k0 = 0; k0 < depth; k0 += kDepthBlock) {
+    const int64_t kc = std::min(kDepthBlock, depth - k0);
+    const bool acc = accumulate || k0 > 0;
+    int64_t i = 0;
+    for (; i + MR <= rows; i += MR) {
+      const float* ai = a + i * lda + k0;
+      // The next tile's rows, while this one's first panel passes; later panels find theirs in L1.
+      const float* next = i + 2 * MR <= rows ? ai + MR * lda : ai;
+      for (int64_t p = 0; p < panels; ++p) {
+        panel_tile<MR, T>(ai, lda, b + p * ldb + k0 * W, kc, p == 0 ? next : ai,
+                          StoreSums{c + i * ldc + p * ldcp, ldc, acc});
+      }
+    }
+    if (i < rows) {
+      for (int64_t p = 0; p < panels; ++p) {
+        panel_tile_rows<MR - 1, T>(static_cast<int>(rows - i), a + i * lda + k0, lda, b + p * ldb + k0 * W, kc,
+                                   StoreSums{c + i * ldc + p * ldcp, ldc, acc});
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int64_t panel_width(int64_t M) { return M <= 8 ? 8 : 16; }
+
+void gemm_panels_avx2(int T, const float* a, int64_t lda, int64_t rows, int64_t depth, const float* b,
+                      int64_t panels, int64_t ldb, float* c, int64_t ldc, int64_t ldcp, bool accumulate) {
+  switch (T) {
+    case 1:
+      gemm_panels_t<1>(a, lda, rows, depth, b, panels, ldb, c, ldc, ldcp, accumulate);
+      break;
+    case 2:
+      gemm_panels_t<2>(a, lda, rows, depth, b, panels, ldb, c, ldc, ldcp, accumulate);
+      break;
+    default:
+      TORCH_CHECK(false, "gemm_panels_avx2: T must be 1 or 2 (got ", T, ")");
+  }
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// lowrank_mm
+
+// Most rows of x per block: the block's x^T panels (mb K floats) and t^T (mb r floats) stay in L2 for
+// the K and r of a transformer layer.
+constexpr int64_t kMaxBlockRows = 64;
+// Rows of u per step of phase 2 (a multiple of 12 and 8): its y^T block (kNBlock mb floats) stays in L1.
+constexpr int64_t kNBlock = 48;
+
+template <typename T>
+void lowrank_mm_scalar(const T* x, const T* v, const T* u, const float* bias, T* out, int64_t M, int64_t N,
+                       int64_t K, int64_t r) {
+  at::parallel_for(0, M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> t(r);
+    for (int64_t m = begin; m < end; ++m) {
+      const T* xr = x + m * K;
+      for (int64_t j = 0; j < r; ++j) {
+        const T* vr = v + j * K;
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; ++k) {
+          s += to_float(xr[k]) * to_float(vr[k]);
+        }
+        t[j] = to_float(static_cast<T>(s));
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const T* ur = u + n * r;
+        float s = 0.0f;
+        for (int64_t j = 0; j < r; ++j) {
+          s += t[j] * to_float(ur[j]);
+        }
+        if (bias != nullptr) {
+          s = s + bias[n];
+        }
+        out[m * N + n] = static_cast<T>(s);
+      }
+    }
+  });
+}
+
+struct LowRankArgs {
+  const at::Tensor& x;  // [M, K] of the op's dtype
+  const float* v;  // [r, K]
+  const float* u;  // [N, r]
+  const float* bias;  // [N] or nullptr
+  at::Tensor& out;
+  int64_t M, N, K, r, W, mb;
+};
+
+// One row block's buffers: x^T panels, t^T panels and a y^T block.
+struct BlockBuffers {
+  std::unique_ptr<float[], AlignedFree> xp;
+  std::unique_ptr<float[], AlignedFree> tp;
+  std::unique_ptr<float[], AlignedFree> yp;
+
+  explicit BlockBuffers(const LowRankArgs& p, bool with_y)
+      : xp(aligned_buffer<float>(p.mb * p.K, "lowrank_mm")),
+        tp(aligned_buffer<float>(p.mb * p.r, "lowrank_mm")),
+        yp(aligned_buffer<float>(with_y ? kNBlock * p.mb : 0, "lowrank_mm")) {}
+};
+
+// Phase 1 for rows [j0, j1) of v: t^T panels of the block, rounded to the op's dtype.
+template <typename VT>
+void phase1(const LowRankArgs& p, int64_t panels, const float* xp, float* tp, int64_t j0, int64_t j1) {
+  const int64_t W = p.W;
+  gemm_panels_avx2(static_cast<int>(W / 8), p.v + j0 * p.K, p.K, j1 - j0, p.K, xp, panels, p.K * W, tp + j0 * W, W,
+                   p.r * W, false);
+  if constexpr (!std::is_same_v<VT, float>) {
+    for (int64_t q = 0; q < panels; ++q) {
+      float* rows = tp + q * p.r * W + j0 * W;
+      for (int64_t i = 0; i < (j1 - j0) * W; ++i) {
+        rows[i] = to_float(static_cast<VT>(rows[i]));
+      }
+    }
+  }
+}
+
+// Phase 2 for rows [n0, n1) of u (at most kNBlock) and the block's rows [m0, m0 + rows) of x.
+void phase2(const LowRankArgs& p, int64_t panels, const float* tp, float* yp, int64_t n0, int64_t n1, int64_t m0,
+            int64_t rows) {
+  const int64_t W = p.W;
+  const int64_t ldy = panels * W;
+  gemm_panels_avx2(static_cast<int>(W / 8), p.u + n0 * p.r, p.r, n1 - n0, p.r, tp, panels, p.r * W, yp, ldy, W, false);
+  store_transposed(yp, ldy, n1 - n0, rows, n0, m0, p.bias, p.out, Isa::kAvx2);
+}
+
+template <typename VT>
+void lowrank_mm_transposed(const LowRankArgs& p) {
+  const int64_t panels = ceil_div(p.M, p.W);
+  const int64_t n_steps = ceil_div(p.N, kNBlock);
+  if (panels >= at::get_num_threads() || p.M > p.mb) {
+    // Each thread its own run of panels, in blocks of up to p.mb rows.
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      BlockBuffers buf(p, true);
+      const int64_t m1 = std::min(p.M, end * p.W);
+      for (int64_t m0 = begin * p.W; m0 < m1; m0 += p.mb) {
+        const int64_t rows = std::min(p.mb, m1 - m0);
+        const int64_t q = ceil_div(rows, p.W);
+        pack_x_slabs(p.x.narrow(0, m0, rows), p.W, buf.xp.get(), Isa::kAvx2);
+        phase1<VT>(p, q, buf.xp.get(), buf.tp.get(), 0, p.r);
+        for (int64_t s = 0; s < n_steps; ++s) {
+          phase2(p, q, buf.tp.get(), buf.yp.get(), s * kNBlock, std::min(p.N, (s + 1) * kNBlock), m0, rows);
+        }
+      }
+    });
+    return;
+  }
+  // Fewer panels than threads, one block: each phase split over the threads.
+  BlockBuffers buf(p, false);
+  const int64_t MR = 12 / (p.W / 8);
+  pack_x_slabs(p.x, p.W, buf.xp.get(), Isa::kAvx2);
+  at::parallel_for(0, ceil_div(p.r, MR), 1, [&](int64_t begin, int64_t end) {
+    phase1<VT>(p, panels, buf.xp.get(), buf.tp.get(), begin * MR, std::min(p.r, end * MR));
+  });
+  at::parallel_for(0, n_steps, 1, [&](int64_t begin, int64_t end) {
+    auto yp = aligned_buffer<float>(kNBlock * p.mb, "lowrank_mm");
+    for (int64_t s = begin; s < end; ++s) {
+      phase2(p, panels, buf.tp.get(), yp.get(), s * kNBlock, std::min(p.N, (s + 1) * kNBlock), 0, p.M);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Large M: both factors packed once per call
+
+// Fewest rows of x for the packed path: packing v^T and u^T (r (K + N) floats) once per call costs less
+// than packing x^T and transposing y per row block (M (K + N) floats) from here on (measured on Zen 3 at
+// K = 384, N = 1536, r = 96: the same at M = 64, 5% faster at 128, 9% at 256).
+constexpr int64_t kPackedMinRows = 128;
+// The packed path's blocking: the block's t and a chunk of panels of u^T, each about kPackedBytes, stay in
+// L2 while phase 2 runs every tile of the block over the chunk (3% faster than a 48-row block against
+// every panel on two threads at M = 1024). Blocks are 48 to 192 rows (a multiple of 6).
+constexpr int64_t kPackedBytes = 96 * 1024;
+
+int64_t packed_block_rows(int64_t rp) { return std::clamp<int64_t>(kPackedBytes / (4 * rp) / 6 * 6, 48, 192); }
+
+// Panels of u^T (r 16 floats each) per chunk.
+int64_t panel_chunk(int64_t r) { return std::max<int64_t>(1, kPackedBytes / (r * 16 * 4)); }
+
+// A factor w [rows, cols] as panels of 16 rows (the slabs of pack_x_slabs with W = 16: w^T in 16-wide
+// column panels), packed on first use by whichever thread first needs them, `unit` panels at a time. The
+// threads share the packing without a parallel region of its own (each region costs a wake-up, and a
+// whole scheduling slice when the threads share their cores with other work), and a thread that finds a
+// unit ready later in the call does not wait at all.
+class SharedPanels {
+ public:
+  SharedPanels(const at::Tensor& w, int64_t unit, const char* op)
+      : w_(w),
+        unit_(unit),
+        panels_(ceil_div(w.size(0), 16)),
+        data_(aligned_buffer<float>(panels_ * 16 * w.size(1), op)),
+        state_(new std::atomic<int>[ceil_div(panels_, unit)]) {
+    for (int64_t i = 0; i < ceil_div(panels_, unit_); ++i) {
+      state_[i].store(kUnpacked, std::memory_order_relaxed);
+    }
+  }
+
+  int64_t panels() const { return panels_; }
+
+  // The panels, once [q0, q1) are packed: this thread packs the units nobody has claimed, then waits for
+  // those that another thread is packing.
+  const float* ready(int64_t q0, int64_t q1) {
+    const int64_t u0 = q0 / unit_;
+    const int64_t u1 = ceil_div(q1, unit_);
+    for (int64_t i = u0; i < u1; ++i) {
+      int expected = kUnpacked;
+      if (state_[i].compare_exchange_strong(expected, kPacking, std::memory_order_acquire)) {
+        const int64_t r0 = 16 * unit_ * i;
+        const int64_t r1 = std::min(w_.size(0), r0 + 16 * unit_);
+        pack_x_slabs(w_.narrow(0, r0, r1 - r0), 16, data_.get() + r0 * w_.size(1), Isa::kAvx2);
+        state_[i].store(kPacked, std::memory_order_release);
+      }
+    }
+    for (int64_t i = u0; i < u1; ++i) {
+      while (state_[i].load(std::memory_order_acquire) != kPacked) {
+        _mm_pause();
+      }
+    }
+    return data_.get();
+  }
+
+ private:
+  static constexpr int kUnpacked = 0;
+  static constexpr int kPacking = 1;
+  static constexpr int kPacked = 2;
+  const at::Tensor& w_;
+  int64_t unit_;
+  int64_t panels_;
+  std::unique_ptr<float[], AlignedFree> data_;
+  std::unique_ptr<std::atomic<int>[]> state_;
+};
+
+// store_lanes for the last columns of a row. Not inlined: the partial store goes through memory, and GCC
+// would then keep the tile's panel vectors there too, a store and a load per step.
+template <typename OutT>
+__attribute__((noinline)) PYC_AVX2_FMA void store_last_lanes(OutT* dst, __m256 v, int64_t cols) {
+  store_lanes(dst, v, cols);
+}
+
+// Writes the sums of row i, vector t of a tile as y[i, n0 + 8 t ..] + bias, in y's dtype, the columns
+// below N (y is the tile's first row).
+template <typename OutT>
+struct StoreOut {
+  OutT* y;
+  int64_t N, n0;
+  const float* bias;  // padded with zeros to a multiple of 16 columns, or nullptr
+
+  PYC_AVX2_FMA void operator()(int i, int t, __m256 v) const {
+    const int64_t n = n0 + 8 * t;
+    if (bias != nullptr) {
+      v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+    }
+    if (n + 8 <= N) {
+      store_lanes(y + i * N + n, v, 8);
+    } else if (n < N) {
+      store_last_lanes(y + i * N + n, v, N - n);
+    }
+  }
+};
+
+// y [rows, N] = t [rows, r] (stride ldt) u^T (+ bias), ut holding u^T. In chunks of panels (about
+// kPackedBytes) that stay in L2 while every tile of rows passes; a tile's rows of t stay in L1 while the
+// chunk's panels pass. y is written from the registers, a full line per row of a tile.
+template <typename OutT>
+PYC_AVX2_FMA void product_rows(const float* t, int64_t ldt, int64_t rows, int64_t r, SharedPanels& ut, int64_t N,
+                               const float* bias, OutT* y) {
+  constexpr int MR = 6;
+  const int64_t chunk = panel_chunk(r);
+  for (int64_t q0 = 0; q0 < ut.panels(); q0 += chunk) {
+    const int64_t q1 = std::min(ut.panels(), q0 + chunk);
+    const float* up = ut.ready(q0, q1);
+    int64_t i = 0;
+    for (; i + MR <= rows; i += MR) {
+      for (int64_t q = q0; q < q1; ++q) {
+        panel_tile<MR, 2>(t + i * ldt, ldt, up + q * r * 16, r, t + i * ldt,
+                          StoreOut<OutT>{y + i * N, N, 16 * q, bias});
+      }
+    }
+    if (i < rows) {
+      for (int64_t q = q0; q < q1; ++q) {
+        panel_tile_rows<MR - 1, 2>(static_cast<int>(rows - i), t + i * ldt, ldt, up + q * r * 16, r,
+                                   StoreOut<OutT>{y + i * N, N, 16 * q, bias});
+      }
+    }
+  }
+}
+
+template <typename VT>
+void lowrank_mm_packed(const at::Tensor& x, const at::Tensor& v, const at::Tensor& u, const float* bias,
+                       at::Tensor& out) {
+  constexpr const char* op = "lowrank_mm";
+  const int64_t M = x.size(0);
+  const int64_t K = x.size(1);
+  const int64_t r = v.size(0);
+  const int64_t N = u.size(0);
+  const int64_t rp = round_up(r, 16);
+  // Half a chunk per unit, so that the threads, which start on the same chunk, share its packing.
+  SharedPanels vt(v, std::max<int64_t>(1, ceil_div(rp / 16, 2 * at::get_num_threads())), op);
+  SharedPanels ut(u, std::max<int64_t>(1, panel_chunk(r) / 2), op);
+  std::unique_ptr<float[], AlignedFree> bias_pad;
+  if (bias != nullptr) {
+    bias_pad = aligned_buffer<float>(round_up(N, 16), op);
+    std::fill(std::copy(bias, bias + N, bias_pad.get()), bias_pad.get() + round_up(N, 16), 0.0f);
+  }
+  const at::Tensor xf = as_float(x);
+  const float* xp = xf.const_data_ptr<float>();
+  VT* y = out.mutable_data_ptr<VT>();
+  const int64_t mb = packed_block_rows(rp);
+  // Each thread its own run of 6-row tiles, in blocks of up to mb rows.
+  at::parallel_for(0, ceil_div(M, 6), 1, [&](int64_t begin, int64_t end) {
+    // t [mb, rp]: the padding columns are zeros (v^T's padding) and never read.
+    auto t = aligned_buffer<float>(mb * rp, op);
+    const int64_t m1 = std::min(M, 6 * end);
+    for (int64_t m0 = 6 * begin; m0 < m1; m0 += mb) {
+      const int64_t rows = std::min(mb, m1 - m0);
+      gemm_panels_avx2(2, xp + m0 * K, K, rows, K, vt.ready(0, vt.panels()), vt.panels(), K * 16, t.get(), rp, 16,
+                       false);
+      if constexpr (!std::is_same_v<VT, float>) {
+        for (int64_t i = 0; i < rows * rp; ++i) {
+          t[i] = to_float(static_cast<VT>(t[i]));
+        }
+      }
+      product_rows(t.get(), rp, rows, r, ut, N, bias_pad.get(), y + m0 * N);
+    }
+  });
+}
+
+at::Tensor lowrank_mm(const at::Tensor& x, const at::Tensor& v, const at::Tensor& u,
+                      const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "lowrank_mm";
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) >= 1, op,
+              ": x must be a contiguous [M, K] tensor, K >= 1");
+  const int64_t M = x.size(0);
+  const int64_t K = x.size(1);
+  TORCH_CHECK(v.dim() == 2 && v.size(0) >= 1 && v.size(1) == K && v.scalar_type() == x.scalar_type() &&
+                  v.is_contiguous(),
+              op, ": v must be contiguous [r, K] of x's dtype, r >= 1");
+  const int64_t r = v.size(0);
+  TORCH_CHECK(u.dim() == 2 && u.size(1) == r && u.scalar_type() == x.scalar_type() && u.is_contiguous(), op,
+              ": u must be contiguous [N, r] of x's dtype");
+  const int64_t N = u.size(0);
+  TORCH_CHECK(!bias.has_value() || bias->numel() == N, op, ": bias must have N = ", N, " elements");
+  const Isa isa = lowbit_isa();
+  at::Tensor out = at::empty({M, N}, x.options());
+  if (out.numel() == 0) {
+    return out;
+  }
+  const at::Tensor bf = bias.has_value() ? as_float(*bias) : at::Tensor();
+  const float* bp = bf.defined() ? bf.const_data_ptr<float>() : nullptr;
+  auto run = [&](auto tag) {
+    using VT = decltype(tag);
+    if (isa == Isa::kScalar) {
+      lowrank_mm_scalar<VT>(x.const_data_ptr<VT>(), v.const_data_ptr<VT>(), u.const_data_ptr<VT>(), bp,
+                            out.mutable_data_ptr<VT>(), M, N, K, r);
+      return;
+    }
+    if (M >= kPackedMinRows) {
+      lowrank_mm_packed<VT>(x, v, u, bp, out);
+      return;
+    }
+    // The factors are read in place as float32 rows: other dtypes are converted once.
+    const at::Tensor vf = as_float(v);
+    const at::Tensor uf = as_float(u);
+    const int64_t W = panel_width(M);
+    const LowRankArgs p{x, vf.const_data_ptr<float>(), uf.const_data_ptr<float>(), bp, out, M, N, K, r, W,
+                        std::min(round_up(M, W), kMaxBlockRows)};
+    lowrank_mm_transposed<VT>(p);
+  };
+  dispatch_float(x.scalar_type(), op, "x", run);
+  return out;
+}
+
+}  // namespace
+}  // namespace pycompress::cpu
+
+TORCH_LIBRARY_IMPL(pycompress_C, CPU, m) { m.impl("lowrank_mm", &pycompress::cpu::lowrank_mm); }
