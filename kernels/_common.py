@@ -101,6 +101,15 @@ def gemm_config(num_stages, num_warps, **blocks):
     return triton.Config({**blocks, "GROUP_M": 8}, num_stages=num_stages, num_warps=num_warps)
 
 
+# tl.dot on float32 operands goes through the FMA lowering, which holds whole K slices of its operand
+# rows and columns in each thread: larger tiles than these spill registers.
+FP32_DOT_GPU_CONFIGS = [
+    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
+    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32),
+    gemm_config(4, 4, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32),
+]
+
+
 def gemm_grid(M, N):
     """The 1-D grid of grouped_output_tile for the tiles of a config."""
     def grid(meta):

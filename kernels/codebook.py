@@ -22,7 +22,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, aligned, gemm_config, grouped_output_tile, store_output_tile, to_float32
+from ._common import (
+    FP32_DOT_GPU_CONFIGS,
+    INTERPRET,
+    aligned,
+    gemm_config,
+    grouped_output_tile,
+    store_output_tile,
+    to_float32,
+)
 
 # The interpreter computes bfloat16 dot products wrongly: under it dot operands are upcast to float32.
 _DOT_IN_FP32 = tl.constexpr(INTERPRET)
@@ -127,13 +135,6 @@ _DOT_GPU_CONFIGS = [
     gemm_config(3, 8, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64),
     gemm_config(3, 8, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
 ]
-# float32 operands go through tl.dot's FMA lowering, which holds whole K slices of its operand rows
-# and columns in each thread: larger tiles spill registers.
-_DOT_FP32_GPU_CONFIGS = [
-    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
-    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32),
-    gemm_config(4, 4, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32),
-]
 # BLOCK_M comes from the launcher: the next power of two of M, at most _REDUCE_MAX_M.
 _REDUCE_GPU_CONFIGS = [
     gemm_config(4, 4, BLOCK_N=16, BLOCK_K=128),
@@ -150,7 +151,7 @@ if INTERPRET:
     _REDUCE_CONFIGS = [gemm_config(1, 4, BLOCK_N=32, BLOCK_K=128)]
 else:
     _DOT_CONFIGS = _DOT_GPU_CONFIGS
-    _DOT_FP32_CONFIGS = _DOT_FP32_GPU_CONFIGS
+    _DOT_FP32_CONFIGS = FP32_DOT_GPU_CONFIGS
     _REDUCE_CONFIGS = _REDUCE_GPU_CONFIGS
 
 # The smallest tiles of the configs, against which the K splits are planned.
@@ -293,7 +294,7 @@ AOT_KERNELS = [
     *(_aot("*fp16", 4, config, True) for config in _DOT_GPU_CONFIGS),
     _aot("*bf16", 8, _DOT_GPU_CONFIGS[1], True, bias_type="*bf16"),
     _aot("*bf16", 4, _DOT_GPU_CONFIGS[4], True, accumulate=True),
-    *(_aot("*fp32", bits, _DOT_FP32_GPU_CONFIGS[1], True, bias_type="*fp32") for bits in (4, 8)),
+    *(_aot("*fp32", bits, FP32_DOT_GPU_CONFIGS[1], True, bias_type="*fp32") for bits in (4, 8)),
     *(_aot("*fp16", 4, config, False, block_m=1, bias_type="*fp16") for config in _REDUCE_GPU_CONFIGS),
     *(_aot("*fp16", 8, config, False, block_m=1, bias_type="*fp16") for config in _REDUCE_GPU_CONFIGS[::2]),
     _aot("*bf16", 4, _REDUCE_GPU_CONFIGS[0], False, block_m=4, accumulate=True),

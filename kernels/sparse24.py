@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    ELEMENTWISE_TILE, INTERPRET, aligned, gemm_config, gemm_grid, grouped_output_tile, store_output_tile,
-    to_float32,
+    ELEMENTWISE_TILE, FP32_DOT_GPU_CONFIGS, INTERPRET, aligned, gemm_config, gemm_grid, grouped_output_tile,
+    store_output_tile, to_float32,
 )
 
 # The interpreter computes bfloat16 dot products wrongly: under it dot operands are upcast to float32.
@@ -197,13 +197,6 @@ _DOT_GPU_CONFIGS = [
     gemm_config(3, 8, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
     gemm_config(3, 8, BLOCK_M=128, BLOCK_N=256, BLOCK_K=32),
 ]
-# float32 operands go through tl.dot's FMA lowering, which holds whole K slices of its operand rows
-# and columns in each thread: larger tiles spill registers.
-_DOT_FP32_GPU_CONFIGS = [
-    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
-    gemm_config(4, 4, BLOCK_M=16, BLOCK_N=64, BLOCK_K=32),
-    gemm_config(4, 4, BLOCK_M=32, BLOCK_N=32, BLOCK_K=32),
-]
 # BLOCK_M comes from the launcher: the next power of two of M, at most _REDUCE_MAX_M.
 _REDUCE_GPU_CONFIGS = [
     gemm_config(4, 4, BLOCK_N=16, BLOCK_K=128),
@@ -221,7 +214,7 @@ if INTERPRET:
     _REDUCE_CONFIGS = [gemm_config(1, 4, BLOCK_N=32, BLOCK_K=64)]
 else:
     _DOT_CONFIGS = _DOT_GPU_CONFIGS
-    _DOT_FP32_CONFIGS = _DOT_FP32_GPU_CONFIGS
+    _DOT_FP32_CONFIGS = FP32_DOT_GPU_CONFIGS
     _REDUCE_CONFIGS = _REDUCE_GPU_CONFIGS
 
 # Kept products held in registers per thread by the reduce path before it spills.
@@ -338,7 +331,7 @@ AOT_KERNELS = [
     *(_compress_aot(w_type) for w_type in ("*fp32", "*bf16")),
     *(_mm_aot("*fp16", config, True) for config in _DOT_GPU_CONFIGS),
     _mm_aot("*bf16", _DOT_GPU_CONFIGS[1], True, bias_type="*bf16"),
-    _mm_aot("*fp32", _DOT_FP32_GPU_CONFIGS[1], True, bias_type="*fp32"),
+    _mm_aot("*fp32", FP32_DOT_GPU_CONFIGS[1], True, bias_type="*fp32"),
     _mm_aot("*fp16", _REDUCE_GPU_CONFIGS[2], False, block_m=1, bias_type="*fp16"),
     _mm_aot("*bf16", _REDUCE_GPU_CONFIGS[0], False, block_m=4, bias_type="*bf16"),
     _mm_aot("*fp32", _REDUCE_GPU_CONFIGS[3], False, block_m=2),

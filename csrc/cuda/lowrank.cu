@@ -532,10 +532,7 @@ __global__ void __launch_bounds__(kThreads) lowrank_mm_simt_kernel(const LrArgs 
         for (int i = 0; i < kRows; ++i) xa[i] = xs[k][ty + 16 * i];
 #pragma unroll
         for (int c = 0; c < 4; ++c) wc[c] = ws[k][tx + 16 * c];
-#pragma unroll
-        for (int i = 0; i < kRows; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[i][c] = ieee_fma(xa[i], wc[c], acc[i][c]);
+        fma_outer(xa, wc, acc);
       }
       __syncthreads();
     }
@@ -576,10 +573,7 @@ __global__ void __launch_bounds__(kThreads) lowrank_mm_simt_kernel(const LrArgs 
         for (int i = 0; i < kRows; ++i) ta[i] = t_s[(ty + 16 * i) * rc + k0 + k];
 #pragma unroll
         for (int c = 0; c < 4; ++c) wc[c] = ws[k][tx + 16 * c];
-#pragma unroll
-        for (int i = 0; i < kRows; ++i)
-#pragma unroll
-          for (int c = 0; c < 4; ++c) acc[i][c] = ieee_fma(ta[i], wc[c], acc[i][c]);
+        fma_outer(ta, wc, acc);
       }
       __syncthreads();
     }

@@ -437,10 +437,7 @@ __global__ void __launch_bounds__(kBsrSimtThreads)
       for (int a = 0; a < kRows; ++a) xa[a] = xs[ty + 16 * a][k];
 #pragma unroll
       for (int c = 0; c < kC; ++c) wc[c] = ws[tx + 16 * c][k];
-#pragma unroll
-      for (int a = 0; a < kRows; ++a)
-#pragma unroll
-        for (int c = 0; c < kC; ++c) acc[a][c] = ieee_fma(xa[a], wc[c], acc[a][c]);
+      fma_outer(xa, wc, acc);
     }
     __syncthreads();
   }

@@ -539,10 +539,7 @@ __global__ void __launch_bounds__(kSimtThreads)
       for (int a = 0; a < kRows; ++a) xa[a] = xs[k][ty + 16 * a];
 #pragma unroll
       for (int c = 0; c < 4; ++c) wc[c] = ws[k][tx + 16 * c];
-#pragma unroll
-      for (int a = 0; a < kRows; ++a)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[a][c] = ieee_fma(xa[a], wc[c], acc[a][c]);
+      fma_outer(xa, wc, acc);
     }
     __syncthreads();
   }

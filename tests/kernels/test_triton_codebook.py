@@ -7,8 +7,6 @@ per-channel codebooks, tails of every tile and odd K.  On a CPU machine they run
 interpreter (TRITON_INTERPRET=1, set by the suite's conftest); with a GPU and no interpreter, on the GPU.
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,23 +16,8 @@ import triton  # noqa: E402
 
 from pycompress.kernels import codebook as triton_codebook  # noqa: E402
 from pycompress.ops.codebook import codebook_decode, codebook_mm_reference, pack_indices  # noqa: E402
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if _INTERPRET else "cuda"
-
-pytestmark = pytest.mark.skipif(
-    not _INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a CUDA device",
-)
-
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _gen(*sizes):
-    seed = 0
-    for size in sizes:
-        seed = seed * 1009 + size
-    return torch.Generator().manual_seed(seed)
+from _triton_case import DEVICE, FLOAT_DTYPES, pytestmark  # noqa: E402, F401
+from _triton_case import gen as _gen  # noqa: E402
 
 
 def _weight(N, K, bits, per_channel, dtype, gen):

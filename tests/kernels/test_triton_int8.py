@@ -4,8 +4,6 @@ On a CPU machine they run through the Triton interpreter (TRITON_INTERPRET=1, se
 conftest before Triton is imported); with a GPU and no interpreter they run on the GPU.
 """
 
-import os
-
 import pytest
 import torch
 
@@ -14,16 +12,7 @@ pytest.importorskip("triton")
 from pycompress.kernels import int8 as triton_int8
 from pycompress.ops.int8 import int8_mm_reference as _ref_int8_mm
 from pycompress.ops.int8 import quantize_per_token_reference as _ref_quantize_per_token
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if _INTERPRET else "cuda"
-
-pytestmark = pytest.mark.skipif(
-    not _INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a CUDA device",
-)
-
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+from _triton_case import DEVICE, FLOAT_DTYPES, pytestmark  # noqa: E402, F401
 
 
 def _randint8(shape, gen):

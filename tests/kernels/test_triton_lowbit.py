@@ -4,8 +4,6 @@ On a CPU machine they run through the Triton interpreter (TRITON_INTERPRET=1, se
 conftest before Triton is imported); with a GPU and no interpreter they run on the GPU.
 """
 
-import os
-
 import pytest
 import torch
 
@@ -24,25 +22,12 @@ from pycompress.ops.lowbit import (
     unpack_bits_reference,
     unpack_ternary_reference,
 )
+from _triton_case import DEVICE, FLOAT_DTYPES, pytestmark  # noqa: E402, F401
+from _triton_case import gen as _gen  # noqa: E402
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if _INTERPRET else "cuda"
 
-pytestmark = pytest.mark.skipif(
-    not _INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a CUDA device",
-)
-
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # M up to 4 takes the broadcast-and-reduce path of the weight-only GEMMs, larger M the tl.dot one.
 MM_SHAPES = [(1, 1, 1), (1, 9, 31), (3, 5, 33), (4, 70, 129), (5, 17, 100), (17, 3, 16), (33, 65, 257)]
-
-
-def _gen(*sizes):
-    seed = 0
-    for size in sizes:
-        seed = seed * 1009 + size
-    return torch.Generator().manual_seed(seed)
 
 
 def _signs(shape, gen):

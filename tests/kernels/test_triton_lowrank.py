@@ -6,8 +6,6 @@ programs, row / rank / K tails of every tile.  On a CPU machine they run through
 interpreter (TRITON_INTERPRET=1, set by the suite's conftest); with a GPU and no interpreter, on the GPU.
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,23 +15,8 @@ import triton  # noqa: E402
 
 from pycompress.kernels import lowrank as triton_lowrank  # noqa: E402
 from pycompress.ops.lowrank import lowrank_mm_reference  # noqa: E402
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if _INTERPRET else "cuda"
-
-pytestmark = pytest.mark.skipif(
-    not _INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a CUDA device",
-)
-
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _gen(*sizes):
-    seed = 0
-    for size in sizes:
-        seed = seed * 1009 + size
-    return torch.Generator().manual_seed(seed)
+from _triton_case import DEVICE, FLOAT_DTYPES, pytestmark  # noqa: E402, F401
+from _triton_case import gen as _gen  # noqa: E402
 
 
 def _factors(M, N, K, r, dtype, with_bias):

@@ -4,8 +4,6 @@ On a CPU machine they run through the Triton interpreter (TRITON_INTERPRET=1, se
 conftest before Triton is imported); with a GPU and no interpreter they run on the GPU.
 """
 
-import os
-
 import pytest
 import torch
 
@@ -14,23 +12,8 @@ pytest.importorskip("triton")
 from pycompress.formats.sparse import pack_bsr, pack_csr
 from pycompress.kernels import sparse as triton_sparse
 from pycompress.ops.sparse import BSR_BLOCKS, bsr_mm_reference, csr_mm_reference
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if _INTERPRET else "cuda"
-
-pytestmark = pytest.mark.skipif(
-    not _INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a CUDA device",
-)
-
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _gen(*sizes):
-    seed = 0
-    for size in sizes:
-        seed = seed * 1009 + size
-    return torch.Generator().manual_seed(seed)
+from _triton_case import DEVICE, FLOAT_DTYPES, pytestmark  # noqa: E402, F401
+from _triton_case import gen as _gen  # noqa: E402
 
 
 def _run(fn, x, crow, col, values, bias):

@@ -5,8 +5,6 @@ conftest before Triton is imported); with a GPU and no interpreter they run on t
 """
 
 import itertools
-import os
-
 import pytest
 import torch
 
@@ -14,27 +12,14 @@ pytest.importorskip("triton")
 
 from pycompress.kernels import sparse24 as triton_sparse24
 from pycompress.ops.sparse24 import sparse24_compress_reference, sparse24_decompress, sparse24_mm_reference
+from _triton_case import DEVICE, FLOAT_DTYPES, pytestmark  # noqa: E402, F401
+from _triton_case import gen as _gen  # noqa: E402
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if _INTERPRET else "cuda"
 
-pytestmark = pytest.mark.skipif(
-    not _INTERPRET and not torch.cuda.is_available(),
-    reason="needs TRITON_INTERPRET=1 or a CUDA device",
-)
-
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 _SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # The kernels form only the kept products for M <= _REDUCE_MAX_M and call tl.dot above; the shapes
 # span several tiles of N and K and end K in a partial tile of each path's configs.
 MM_SHAPES = [(1, 1, 16), (1, 40, 144), (2, 9, 48), (4, 33, 80), (5, 17, 144), (16, 40, 64), (21, 40, 144)]
-
-
-def _gen(*sizes):
-    seed = 0
-    for size in sizes:
-        seed = seed * 1009 + size
-    return torch.Generator().manual_seed(seed)
 
 
 def _random_24(N, K, gen, values=None):

@@ -23,6 +23,16 @@ __device__ __forceinline__ float ieee_fma(float a, float b, float c) {
   return r;
 }
 
+// acc += xa (outer) wc: one k step of the FFMA (SIMT) tile kernels, each thread holding R rows by C
+// columns of the output tile in registers.
+template <int R, int C>
+__device__ __forceinline__ void fma_outer(const float (&xa)[R], const float (&wc)[C], float (&acc)[R][C]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[i][c] = ieee_fma(xa[i], wc[c], acc[i][c]);
+}
+
 // An element type as raw bits (Bits), widened exactly to float32.
 template <typename T>
 struct Element;
