@@ -10,12 +10,36 @@ import importlib
 from typing import Callable
 
 import torch
+from torch._C._functorch import peek_interpreter_stack
 
 from pycompress import registry
 from pycompress._native import cuda_unavailable_reason, native_unavailable_reason, triton_unavailable_reason
 
 NEVER_ON_GPU = "never run on a GPU: compiled for sm_80/sm_90a and checked by SASS only, not yet tested on hardware"
 TRITON_INTERPRETER = "Triton interpreter: for testing the kernels on CPU, very slow"
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def direct_call_ok(*args) -> bool:
+    """Whether an eager call of an op may run its implementation without the custom-op dispatch.
+
+    True when nothing but the kernel is asked for: no autograd graph to record (grad mode off, or no
+    tensor argument requires grad), no torch.compile tracing, no fake or other tensor subclasses, no
+    dispatch or function mode (FakeTensorMode, make_fx, ``with torch.device(...)``) and no functorch
+    transform (vmap, grad). The dispatch of a Python custom op costs tens of microseconds per call, as
+    much as a small GEMM on the CPU; every other call goes through the custom op, which is what
+    torch.compile, opcheck and autograd see.
+    """
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._is_torch_function_mode_enabled() or peek_interpreter_stack() is not None):
+        return False
+    grad = torch.is_grad_enabled()
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and (type(arg) not in _PLAIN_TENSORS or (grad and arg.requires_grad)):
+            return False
+    return True
 
 
 def _native(op: str) -> Callable:

@@ -34,17 +34,21 @@ def check_tensor(
     ``shape`` holds the expected sizes, None where any size is allowed; ``shape_doc`` is how the
     message shows it, e.g. ``"[N, K] with K == a.shape[1]"``.
     """
+    if (
+        isinstance(t, torch.Tensor)
+        and t.dtype in dtypes
+        and t.dim() == len(shape)
+        and all(s is None or s == actual for s, actual in zip(shape, t.shape))
+        and (device is None or t.device == device)
+    ):
+        return
+    # The message is built only on failure: this runs on every call of every op.
     want = " or ".join(_dtype_name(d) for d in dtypes)
     expected = f"{op}: {name} must be {want} of shape {shape_doc}"
     if device is not None:
         expected += f" on {device}"
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{expected} (got {describe(t)})")
-    ok = t.dtype in dtypes and t.dim() == len(shape)
-    ok = ok and all(s is None or s == actual for s, actual in zip(shape, t.shape))
-    ok = ok and (device is None or t.device == device)
-    if not ok:
-        raise ValueError(f"{expected} (got {describe(t)})")
+    error = ValueError if isinstance(t, torch.Tensor) else TypeError
+    raise error(f"{expected} (got {describe(t)})")
 
 
 def check_dtype_arg(op: str, name: str, value, allowed: Sequence[torch.dtype]) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import register_standard
+from pycompress.ops._backends import direct_call_ok, register_standard
 from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
 
 CODEBOOK_SIZES = (16, 256)  # codebook entries C for 4-bit and 8-bit indices
@@ -127,9 +127,7 @@ def _check(x, idx, codebook, bias) -> None:
 # the public op
 
 
-@torch.library.custom_op("pycompress::codebook_mm", mutates_args=())
-def codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """y = x @ w^T + bias with w[n, k] = codebook[g(n), idx[n, k]] decoded in registers."""
+def _codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     _check(x, idx, codebook, bias)
     if x.shape[0] == 0 or idx.shape[0] == 0:
         return x.new_empty((x.shape[0], idx.shape[0]))
@@ -137,7 +135,22 @@ def codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor]
     return registry.select("codebook_mm", x.device.type).fn(*args)
 
 
-@codebook_mm.register_fake
+_codebook_mm_op = torch.library.custom_op("pycompress::codebook_mm", mutates_args=())(_codebook_mm)
+
+
+def codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = x @ w^T + bias with w[n, k] = codebook[g(n), idx[n, k]] decoded in registers.
+
+    Eager calls that need no autograd graph run the implementation directly (see
+    ``direct_call_ok``); all others, and torch.compile, go through the custom op
+    ``torch.ops.pycompress.codebook_mm``.
+    """
+    if direct_call_ok(x, idx, codebook, bias):
+        return _codebook_mm(x, idx, codebook, bias)
+    return _codebook_mm_op(x, idx, codebook, bias)
+
+
+@_codebook_mm_op.register_fake
 def _(x, idx, codebook, bias=None):
     _check(x, idx, codebook, bias)
     return x.new_empty((x.shape[0], idx.shape[0]))
@@ -169,6 +182,6 @@ def _backward(ctx, dy: Tensor):
     return dx, None, dcodebook, dbias
 
 
-codebook_mm.register_autograd(_backward, setup_context=_setup_context)
+_codebook_mm_op.register_autograd(_backward, setup_context=_setup_context)
 
 register_standard("codebook_mm", "codebook", codebook_mm_reference)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import register_standard
+from pycompress.ops._backends import direct_call_ok, register_standard
 from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
 
 
@@ -66,9 +66,7 @@ def _check(x, v, u, bias) -> None:
 # the public op
 
 
-@torch.library.custom_op("pycompress::lowrank_mm", mutates_args=())
-def lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """y = (x @ v^T) @ u^T + bias with the [M, r] intermediate kept on chip."""
+def _lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     _check(x, v, u, bias)
     if x.shape[0] == 0 or u.shape[0] == 0:
         return x.new_empty((x.shape[0], u.shape[0]))
@@ -76,7 +74,22 @@ def lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -
     return registry.select("lowrank_mm", x.device.type).fn(*args)
 
 
-@lowrank_mm.register_fake
+_lowrank_mm_op = torch.library.custom_op("pycompress::lowrank_mm", mutates_args=())(_lowrank_mm)
+
+
+def lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = (x @ v^T) @ u^T + bias with the [M, r] intermediate kept on chip.
+
+    Eager calls that need no autograd graph run the implementation directly (see
+    ``direct_call_ok``); all others, and torch.compile, go through the custom op
+    ``torch.ops.pycompress.lowrank_mm``.
+    """
+    if direct_call_ok(x, v, u, bias):
+        return _lowrank_mm(x, v, u, bias)
+    return _lowrank_mm_op(x, v, u, bias)
+
+
+@_lowrank_mm_op.register_fake
 def _(x, v, u, bias=None):
     _check(x, v, u, bias)
     return x.new_empty((x.shape[0], u.shape[0]))
@@ -103,6 +116,6 @@ def _backward(ctx, dy: Tensor):
     return dx, dv, du, dbias
 
 
-lowrank_mm.register_autograd(_backward, setup_context=_setup_context)
+_lowrank_mm_op.register_autograd(_backward, setup_context=_setup_context)
 
 register_standard("lowrank_mm", "lowrank", lowrank_mm_reference)
