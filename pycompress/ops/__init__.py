@@ -1,6 +1,9 @@
 """The ops of pycompress, each a torch.library custom op in the ``pycompress`` namespace.
 
-Call them as ``pycompress.ops.<name>(...)`` or ``torch.ops.pycompress.<name>(...)``.
+Call them as ``pycompress.ops.<name>(...)`` or ``torch.ops.pycompress.<name>(...)``. The first form
+skips the custom-op dispatch for eager calls that need no autograd graph, tracing or mode
+(``pycompress.ops._backends.direct_call_ok``): same implementation, same checks, tens of
+microseconds less per call.
 """
 
 from pycompress.ops.codebook import codebook_mm, pack_indices

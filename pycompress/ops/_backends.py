@@ -6,6 +6,7 @@ tensors); the Triton backend calls the launcher of the same name in ``pycompress
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Callable
 
@@ -40,6 +41,21 @@ def direct_call_ok(*args) -> bool:
         if isinstance(arg, torch.Tensor) and (type(arg) not in _PLAIN_TENSORS or (grad and arg.requires_grad)):
             return False
     return True
+
+
+def with_direct_path(impl: Callable, custom_op) -> Callable:
+    """The public function of an op: ``impl`` (validation and the selected backend, the custom op's own
+    implementation) called directly when ``direct_call_ok``, else ``custom_op`` (autograd, torch.compile,
+    fake tensors, modes and transforms see the op there)."""
+
+    @functools.wraps(impl)
+    def call(*args, **kwargs):
+        if direct_call_ok(*args, *kwargs.values()):
+            return impl(*args, **kwargs)
+        return custom_op(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = impl.__name__.lstrip("_")
+    return call
 
 
 def _native(op: str) -> Callable:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import direct_call_ok, register_standard
+from pycompress.ops._backends import register_standard, with_direct_path
 from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
 
 CODEBOOK_SIZES = (16, 256)  # codebook entries C for 4-bit and 8-bit indices
@@ -128,6 +128,7 @@ def _check(x, idx, codebook, bias) -> None:
 
 
 def _codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = x @ w^T + bias with w[n, k] = codebook[g(n), idx[n, k]] decoded in registers."""
     _check(x, idx, codebook, bias)
     if x.shape[0] == 0 or idx.shape[0] == 0:
         return x.new_empty((x.shape[0], idx.shape[0]))
@@ -136,18 +137,7 @@ def _codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor
 
 
 _codebook_mm_op = torch.library.custom_op("pycompress::codebook_mm", mutates_args=())(_codebook_mm)
-
-
-def codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """y = x @ w^T + bias with w[n, k] = codebook[g(n), idx[n, k]] decoded in registers.
-
-    Eager calls that need no autograd graph run the implementation directly (see
-    ``direct_call_ok``); all others, and torch.compile, go through the custom op
-    ``torch.ops.pycompress.codebook_mm``.
-    """
-    if direct_call_ok(x, idx, codebook, bias):
-        return _codebook_mm(x, idx, codebook, bias)
-    return _codebook_mm_op(x, idx, codebook, bias)
+codebook_mm = with_direct_path(_codebook_mm, _codebook_mm_op)
 
 
 @_codebook_mm_op.register_fake

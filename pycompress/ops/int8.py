@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import register_standard
+from pycompress.ops._backends import register_standard, with_direct_path
 from pycompress.ops._checks import FLOAT_DTYPES, check_dtype_arg, check_tensor
 
 
@@ -98,8 +98,7 @@ def _check_int8_mm(a, b, a_scale, b_scale, bias, out_dtype) -> None:
 # the public ops
 
 
-@torch.library.custom_op("pycompress::quantize_per_token", mutates_args=())
-def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+def _quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric per-row int8 quantization; see the module docstring for the exact math."""
     _check_quantize_per_token(x)
     if x.shape[0] == 0:
@@ -108,14 +107,17 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     return impl.fn(x.contiguous())
 
 
-@quantize_per_token.register_fake
+_quantize_per_token_op = torch.library.custom_op("pycompress::quantize_per_token", mutates_args=())(_quantize_per_token)
+quantize_per_token = with_direct_path(_quantize_per_token, _quantize_per_token_op)
+
+
+@_quantize_per_token_op.register_fake
 def _(x):
     _check_quantize_per_token(x)
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
-@torch.library.custom_op("pycompress::int8_mm", mutates_args=())
-def int8_mm(
+def _int8_mm(
     a: Tensor,
     b: Tensor,
     a_scale: Tensor,
@@ -139,7 +141,11 @@ def int8_mm(
     )
 
 
-@int8_mm.register_fake
+_int8_mm_op = torch.library.custom_op("pycompress::int8_mm", mutates_args=())(_int8_mm)
+int8_mm = with_direct_path(_int8_mm, _int8_mm_op)
+
+
+@_int8_mm_op.register_fake
 def _(a, b, a_scale, b_scale, bias=None, out_dtype=torch.float32):
     _check_int8_mm(a, b, a_scale, b_scale, bias, out_dtype)
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import register_standard
+from pycompress.ops._backends import register_standard, with_direct_path
 from pycompress.ops._checks import FLOAT_DTYPES, check_dtype_arg, check_tensor
 
 _BIT_SHIFTS = torch.arange(32, dtype=torch.int64)
@@ -210,8 +210,7 @@ def _contiguous(*tensors):
     return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
-@torch.library.custom_op("pycompress::int8_weight_only_mm", mutates_args=())
-def int8_weight_only_mm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _int8_weight_only_mm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """W8A16 GEMM: float activations, int8 weights with per-channel or per-group scales."""
     _check_int8_weight_only_mm(x, w, w_scale, bias)
     if x.shape[0] == 0 or w.shape[0] == 0:
@@ -219,14 +218,18 @@ def int8_weight_only_mm(x: Tensor, w: Tensor, w_scale: Tensor, bias: Optional[Te
     return _run("int8_weight_only_mm", x.device, *_contiguous(x, w, w_scale, bias))
 
 
-@int8_weight_only_mm.register_fake
+_int8_weight_only_mm_op = torch.library.custom_op("pycompress::int8_weight_only_mm",
+                                                  mutates_args=())(_int8_weight_only_mm)
+int8_weight_only_mm = with_direct_path(_int8_weight_only_mm, _int8_weight_only_mm_op)
+
+
+@_int8_weight_only_mm_op.register_fake
 def _(x, w, w_scale, bias=None):
     _check_int8_weight_only_mm(x, w, w_scale, bias)
     return x.new_empty((x.shape[0], w.shape[0]))
 
 
-@torch.library.custom_op("pycompress::pack_bits", mutates_args=())
-def pack_bits(x: Tensor) -> Tensor:
+def _pack_bits(x: Tensor) -> Tensor:
     """Sign bits of x [M, K] packed along K into int32 words [M, ceil(K / 32)] (see the module docstring)."""
     _check_pack_bits(x)
     if x.shape[0] == 0:
@@ -234,14 +237,17 @@ def pack_bits(x: Tensor) -> Tensor:
     return _run("pack_bits", x.device, x.contiguous())
 
 
-@pack_bits.register_fake
+_pack_bits_op = torch.library.custom_op("pycompress::pack_bits", mutates_args=())(_pack_bits)
+pack_bits = with_direct_path(_pack_bits, _pack_bits_op)
+
+
+@_pack_bits_op.register_fake
 def _(x):
     _check_pack_bits(x)
     return x.new_empty((x.shape[0], _words(x.shape[1], 32)), dtype=torch.int32)
 
 
-@torch.library.custom_op("pycompress::binary_mm", mutates_args=())
-def binary_mm(
+def _binary_mm(
     a_bits: Tensor,
     b_bits: Tensor,
     K: int,
@@ -259,7 +265,11 @@ def binary_mm(
     return _run("binary_mm", a_bits.device, a_bits, b_bits, K, a_scale, b_scale, bias, out_dtype)
 
 
-@binary_mm.register_fake
+_binary_mm_op = torch.library.custom_op("pycompress::binary_mm", mutates_args=())(_binary_mm)
+binary_mm = with_direct_path(_binary_mm, _binary_mm_op)
+
+
+@_binary_mm_op.register_fake
 def _(a_bits, b_bits, K, a_scale, b_scale, bias=None, out_dtype=torch.float32):
     _check_binary_mm(a_bits, b_bits, K, a_scale, b_scale, bias, out_dtype)
     return a_bits.new_empty((a_bits.shape[0], b_bits.shape[0]), dtype=out_dtype)
@@ -273,24 +283,30 @@ def _packed_weight_mm(op: str, name: str, per_word: int, x, w, alpha, bias, *, f
     return _run(op, x.device, *_contiguous(x, w, alpha, bias))
 
 
-@torch.library.custom_op("pycompress::binary_weight_mm", mutates_args=())
-def binary_weight_mm(x: Tensor, w_bits: Tensor, alpha: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _binary_weight_mm(x: Tensor, w_bits: Tensor, alpha: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """W1A16 GEMM: float activations, 1-bit sign weights with a scale per output channel."""
     return _packed_weight_mm("binary_weight_mm", "w_bits", 32, x, w_bits, alpha, bias, fake=False)
 
 
-@binary_weight_mm.register_fake
+_binary_weight_mm_op = torch.library.custom_op("pycompress::binary_weight_mm", mutates_args=())(_binary_weight_mm)
+binary_weight_mm = with_direct_path(_binary_weight_mm, _binary_weight_mm_op)
+
+
+@_binary_weight_mm_op.register_fake
 def _(x, w_bits, alpha, bias=None):
     return _packed_weight_mm("binary_weight_mm", "w_bits", 32, x, w_bits, alpha, bias, fake=True)
 
 
-@torch.library.custom_op("pycompress::ternary_weight_mm", mutates_args=())
-def ternary_weight_mm(x: Tensor, w_2bit: Tensor, alpha: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _ternary_weight_mm(x: Tensor, w_2bit: Tensor, alpha: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Ternary-weight GEMM: float activations, 2-bit packed {-1, 0, 1} weights, a scale per channel."""
     return _packed_weight_mm("ternary_weight_mm", "w_2bit", 16, x, w_2bit, alpha, bias, fake=False)
 
 
-@ternary_weight_mm.register_fake
+_ternary_weight_mm_op = torch.library.custom_op("pycompress::ternary_weight_mm", mutates_args=())(_ternary_weight_mm)
+ternary_weight_mm = with_direct_path(_ternary_weight_mm, _ternary_weight_mm_op)
+
+
+@_ternary_weight_mm_op.register_fake
 def _(x, w_2bit, alpha, bias=None):
     return _packed_weight_mm("ternary_weight_mm", "w_2bit", 16, x, w_2bit, alpha, bias, fake=True)
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import direct_call_ok, register_standard
+from pycompress.ops._backends import register_standard, with_direct_path
 from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
 
 
@@ -67,6 +67,7 @@ def _check(x, v, u, bias) -> None:
 
 
 def _lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = (x @ v^T) @ u^T + bias with the [M, r] intermediate kept on chip."""
     _check(x, v, u, bias)
     if x.shape[0] == 0 or u.shape[0] == 0:
         return x.new_empty((x.shape[0], u.shape[0]))
@@ -75,18 +76,7 @@ def _lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) 
 
 
 _lowrank_mm_op = torch.library.custom_op("pycompress::lowrank_mm", mutates_args=())(_lowrank_mm)
-
-
-def lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """y = (x @ v^T) @ u^T + bias with the [M, r] intermediate kept on chip.
-
-    Eager calls that need no autograd graph run the implementation directly (see
-    ``direct_call_ok``); all others, and torch.compile, go through the custom op
-    ``torch.ops.pycompress.lowrank_mm``.
-    """
-    if direct_call_ok(x, v, u, bias):
-        return _lowrank_mm(x, v, u, bias)
-    return _lowrank_mm_op(x, v, u, bias)
+lowrank_mm = with_direct_path(_lowrank_mm, _lowrank_mm_op)
 
 
 @_lowrank_mm_op.register_fake

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import register_standard
+from pycompress.ops._backends import register_standard, with_direct_path
 from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
 
 BSR_BLOCKS = (16, 32, 64)
@@ -133,24 +133,30 @@ def _sparse_mm(op: str, check, x, crow, col, values, bias, *, fake: bool) -> Ten
     return registry.select(op, x.device.type).fn(*args)
 
 
-@torch.library.custom_op("pycompress::csr_mm", mutates_args=())
-def csr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _csr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """y = x @ w^T + bias with w [N, K] in CSR (crow, col, values)."""
     return _sparse_mm("csr_mm", _check_csr_mm, x, crow, col, values, bias, fake=False)
 
 
-@csr_mm.register_fake
+_csr_mm_op = torch.library.custom_op("pycompress::csr_mm", mutates_args=())(_csr_mm)
+csr_mm = with_direct_path(_csr_mm, _csr_mm_op)
+
+
+@_csr_mm_op.register_fake
 def _(x, crow, col, values, bias=None):
     return _sparse_mm("csr_mm", _check_csr_mm, x, crow, col, values, bias, fake=True)
 
 
-@torch.library.custom_op("pycompress::bsr_mm", mutates_args=())
-def bsr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _bsr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """y = x @ w^T + bias with w [N, K] in B x B blocks (crow, col, values [nnzb, B, B])."""
     return _sparse_mm("bsr_mm", _check_bsr_mm, x, crow, col, values, bias, fake=False)
 
 
-@bsr_mm.register_fake
+_bsr_mm_op = torch.library.custom_op("pycompress::bsr_mm", mutates_args=())(_bsr_mm)
+bsr_mm = with_direct_path(_bsr_mm, _bsr_mm_op)
+
+
+@_bsr_mm_op.register_fake
 def _(x, crow, col, values, bias=None):
     return _sparse_mm("bsr_mm", _check_bsr_mm, x, crow, col, values, bias, fake=True)
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from pycompress import registry
-from pycompress.ops._backends import register_standard
+from pycompress.ops._backends import register_standard, with_direct_path
 from pycompress.ops._checks import FLOAT_DTYPES, check_tensor
 
 _POSITIONS = torch.arange(4, dtype=torch.int64)
@@ -95,7 +95,8 @@ def is_sparse24(w: Tensor) -> bool:
 
 def _check_w(w) -> None:
     op = "sparse24_compress"
-    check_tensor(op, "w", w, dtypes=FLOAT_DTYPES, shape=(None, None), shape_doc="[N, K] with K a multiple of 16")
+    check_tensor(op, "w", w, dtypes=FLOAT_DTYPES, shape=(None, None),
+                 shape_doc="[N, K] with K a multiple of 16")
     if w.shape[1] == 0 or w.shape[1] % 16:
         raise ValueError(f"sparse24_compress: w must have K a positive multiple of 16 columns (got shape {list(w.shape)})")
 
@@ -135,8 +136,7 @@ def _run(op: str, device: torch.device, *args):
     return registry.select(op, device.type).fn(*args)
 
 
-@torch.library.custom_op("pycompress::sparse24_compress", mutates_args=())
-def sparse24_compress(w: Tensor) -> tuple[Tensor, Tensor]:
+def _sparse24_compress(w: Tensor) -> tuple[Tensor, Tensor]:
     """Compress a 2:4 sparse weight [N, K] into (values [N, K / 2], meta int16 [N, K / 16])."""
     _check_w(w)
     _check_pattern(w)
@@ -146,15 +146,19 @@ def sparse24_compress(w: Tensor) -> tuple[Tensor, Tensor]:
     return _run("sparse24_compress", w.device, w.contiguous())
 
 
-@sparse24_compress.register_fake
+_sparse24_compress_op = torch.library.custom_op("pycompress::sparse24_compress",
+                                                mutates_args=())(_sparse24_compress)
+sparse24_compress = with_direct_path(_sparse24_compress, _sparse24_compress_op)
+
+
+@_sparse24_compress_op.register_fake
 def _(w):
     _check_w(w)
     N, K = w.shape
     return w.new_empty((N, K // 2)), w.new_empty((N, K // 16), dtype=torch.int16)
 
 
-@torch.library.custom_op("pycompress::sparse24_mm", mutates_args=())
-def sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+def _sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """y = x @ w^T + bias with w the 2:4 weight held as (values, meta)."""
     _check_mm(x, values, meta, bias)
     if x.shape[0] == 0 or values.shape[0] == 0:
@@ -163,7 +167,11 @@ def sparse24_mm(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor] 
     return _run("sparse24_mm", x.device, *args)
 
 
-@sparse24_mm.register_fake
+_sparse24_mm_op = torch.library.custom_op("pycompress::sparse24_mm", mutates_args=())(_sparse24_mm)
+sparse24_mm = with_direct_path(_sparse24_mm, _sparse24_mm_op)
+
+
+@_sparse24_mm_op.register_fake
 def _(x, values, meta, bias=None):
     _check_mm(x, values, meta, bias)
     return x.new_empty((x.shape[0], values.shape[0]))

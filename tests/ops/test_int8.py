@@ -234,8 +234,11 @@ def test_quantize_per_token_bad_input():
         pycompress.ops.quantize_per_token(torch.ones(2, 3, 4))
     with pytest.raises(ValueError, match=r"quantize_per_token: x must have K >= 1"):
         pycompress.ops.quantize_per_token(torch.ones(2, 0))
-    with pytest.raises(RuntimeError, match=r"quantize_per_token\(\) Expected a value of type 'Tensor' for argument 'x'"):
+    with pytest.raises(TypeError, match=r"quantize_per_token: x must be .*\(got list\)"):
         pycompress.ops.quantize_per_token([[1.0]])
+    # Through the dispatcher the schema rejects it first.
+    with pytest.raises(RuntimeError, match=r"quantize_per_token\(\) Expected a value of type 'Tensor' for argument 'x'"):
+        torch.ops.pycompress.quantize_per_token([[1.0]])
 
 
 @pytest.mark.parametrize("isa", ["scalar", "auto"])
