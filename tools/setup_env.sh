@@ -35,8 +35,10 @@ need tqdm tqdm
 need ninja ninja
 need pybind11 pybind11
 need safetensors safetensors
+need yaml pyyaml
 want triton triton
 want transformers transformers
+want matplotlib matplotlib
 if [ "$purpose" = test ]; then
   need pytest pytest
   need hypothesis hypothesis
