@@ -44,8 +44,28 @@ from pycompress.quant.mixed import MixedPrecisionConfig  # noqa: E402
 from pycompress.quant.qat import QATConfig, convert, prepare_qat  # noqa: E402
 from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E402
 from pycompress.info import info  # noqa: E402
+from pycompress.recipe import (  # noqa: E402
+    PruneLayersConfig,
+    Recipe,
+    RecipeError,
+    Stage,
+    apply_recipe,
+    check_recipe,
+    load_compressed,
+    load_recipe,
+    save_compressed,
+)
 
 __all__ = [
+    "PruneLayersConfig",
+    "Recipe",
+    "RecipeError",
+    "Stage",
+    "apply_recipe",
+    "check_recipe",
+    "load_compressed",
+    "load_recipe",
+    "save_compressed",
     "share_layers_",
     "separable_",
     "ShareLayersConfig",

@@ -199,12 +199,61 @@ def _retie(model: nn.Module, ties: list, manifest_path: Path) -> None:
             setattr(owner, leaf, shared)
 
 
-def save(model: nn.Module, path: Union[str, Path]) -> Path:
+def _inside(name: str, roots: list) -> bool:
+    return any(root == "" or name == root or name.startswith(root + ".") for root in roots)
+
+
+def _size_attributes(module: nn.Module) -> dict:
+    """The public int (or tuple of ints) attributes of ``module``: its sizes (in_features,
+    num_attention_heads, normalized_shape, ...) and other integer settings."""
+    sizes = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or isinstance(value, bool):
+            continue
+        if type(value) is int:
+            sizes[key] = value
+        elif isinstance(value, tuple) and value and all(type(v) is int for v in value):
+            sizes[key] = list(value)
+    return sizes
+
+
+def _structure(model: nn.Module) -> Optional[dict]:
+    """What a fresh instance of the original architecture needs to take this model's shape, for models
+    whose structure compression may have changed (pruned channels, heads or FFN neurons, removed
+    blocks): ``modules``, the size attributes of every plain module (not packed, not inside a packed
+    one); ``stacks``, the length of every nn.ModuleList and nn.Sequential; ``config``, the int entries of
+    a Hugging Face ``model.config``. None for a single layer without submodules: its tensors say all."""
+    if next(model.children(), None) is None:
+        return None
+    packed = [name for name, _ in _compressed_modules(model)]
+    modules, stacks = {}, {}
+    for name, module in model.named_modules():
+        if _inside(name, packed):
+            continue
+        if isinstance(module, (nn.ModuleList, nn.Sequential)):
+            stacks[name] = len(module)
+        sizes = _size_attributes(module)
+        if sizes:
+            modules[name] = sizes
+    structure = {"modules": modules, "stacks": stacks}
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        ints = {k: v for k, v in vars(config).items() if not k.startswith("_") and type(v) is int}
+        if ints:
+            structure["config"] = ints
+    return structure
+
+
+def save(model: nn.Module, path: Union[str, Path], *, source: Optional[str] = None) -> Path:
     """Write ``model`` to the directory ``path``: ``model.safetensors`` (every tensor of the state
-    dict, shared tensors once) and ``pycompress.json`` (which layer has which packed format and, under
-    ``ties`` when there are any, the names that share one tensor)."""
+    dict, shared tensors once) and ``pycompress.json``: which layer has which packed format, under
+    ``ties`` (when there are any) the names that share one tensor, under ``structure`` the sizes a
+    fresh instance of the original architecture takes to hold the model (see ``load``), and under
+    ``source`` (when given) how to build that instance (a Hugging Face folder or "module:factory")."""
     from safetensors.torch import save_model
 
+    if source is not None and (not isinstance(source, str) or not source):
+        raise TypeError(f"save: source must be None or a non-empty string naming the model (got {source!r})")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     layers = {name: module.manifest_entry() for name, module in _compressed_modules(model)}
@@ -212,16 +261,81 @@ def save(model: nn.Module, path: Union[str, Path]) -> Path:
     ties = _tie_groups(model)
     if ties:
         manifest["ties"] = ties
+    structure = _structure(model)
+    if structure is not None:
+        manifest["structure"] = structure
+    if source is not None:
+        manifest["source"] = source
     save_model(model, str(path / WEIGHTS))
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return path
 
 
+def _resize_to_saved(model: nn.Module, weights: Path) -> None:
+    """Replace every plain parameter or buffer whose shape differs from the one stored in ``weights`` by
+    an uninitialised tensor of the stored shape (same dtype, device, requires_grad); names that share
+    one tensor keep sharing the new one."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    persistent = set(model.state_dict(keep_vars=True))
+    tensors: dict = {}
+    for name, tensor in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        if name in persistent:
+            tensors.setdefault(id(tensor), (tensor, []))[1].append(name)
+    for tensor, names in tensors.values():
+        saved = next((shapes[name] for name in names if name in shapes), None)
+        if saved is None or saved == tuple(tensor.shape):
+            continue
+        fresh = torch.empty(saved, dtype=tensor.dtype, device=tensor.device)
+        if isinstance(tensor, nn.Parameter):
+            fresh = nn.Parameter(fresh, requires_grad=tensor.requires_grad)
+        for name in names:
+            owner_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner_name), leaf, fresh)
+
+
+def _submodule(model: nn.Module, name: str, where: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError as exc:
+        raise ValueError(f"load: model has no submodule {name!r} {where}") from exc
+
+
+def _restore_structure(model: nn.Module, structure: dict, weights: Path, manifest_path: Path) -> None:
+    """Give ``model`` the saved structure: stacks cut to their saved lengths (the first blocks kept),
+    tensors resized to the stored shapes, size attributes and config entries set to the saved values."""
+    # Outer stacks first: cutting one removes the stacks inside the blocks it drops.
+    for name in sorted(structure.get("stacks", {}), key=lambda n: (n.count(".") + bool(n), n)):
+        length = structure["stacks"][name]
+        stack = _submodule(model, name, f"(a stack saved in {manifest_path})")
+        if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
+            raise ValueError(f"load: {name!r} is a {type(stack).__name__}, but {manifest_path} saved an nn.ModuleList "
+                             f"or nn.Sequential of {length} there")
+        if len(stack) < length:
+            raise ValueError(f"load: {name!r} holds {len(stack)} modules, fewer than the {length} saved in "
+                             f"{manifest_path}; load into the original (uncompressed) architecture")
+        del stack[length:]
+    _resize_to_saved(model, weights)
+    for name, sizes in structure.get("modules", {}).items():
+        module = _submodule(model, name, f"(its sizes saved in {manifest_path})")
+        for key, value in sizes.items():
+            setattr(module, key, tuple(value) if isinstance(value, list) else value)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key, value in structure.get("config", {}).items():
+            setattr(config, key, value)
+
+
 def load(path: Union[str, Path], model: nn.Module, *, device: Union[str, torch.device] = "cpu") -> nn.Module:
     """Load a model written by ``save`` into ``model``, an instance of the original (uncompressed)
     architecture: the layers named in the manifest are swapped for their packed modules, the tensors the
-    manifest lists as tied are tied again (one object under all their names), then every tensor is
-    loaded (strictly). Returns the model."""
+    manifest lists as tied are tied again (one object under all their names), the saved structure is
+    restored (stacks cut to their saved lengths, plain tensors resized to the stored shapes, the saved
+    size attributes set: models whose channels, heads, FFN neurons or blocks were pruned), then every
+    tensor is loaded (strictly). Returns the model, or its packed replacement when the saved model is a
+    single packed layer."""
     from safetensors.torch import load_model
 
     from pycompress.nn import FORMATS
@@ -236,15 +350,21 @@ def load(path: Union[str, Path], model: nn.Module, *, device: Union[str, torch.d
             f"load: {manifest_path} has manifest_version {manifest.get('manifest_version')!r}, "
             f"this pycompress reads {MANIFEST_VERSION}"
         )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load: model must be an nn.Module, an instance of the original architecture "
+                        f"(got {type(model).__name__})")
     for name, entry in manifest["layers"].items():
         module_type = FORMATS.get(entry.get("format"))
         if module_type is None:
             raise ValueError(f"load: layer {name!r} has unknown format {entry.get('format')!r} (known: {', '.join(FORMATS)})")
-        try:
-            model.get_submodule(name)
-        except AttributeError as exc:
-            raise ValueError(f"load: model has no submodule {name!r} named in {manifest_path}") from exc
-        _set_submodule(model, name, module_type.from_manifest_entry(entry, device=device))
+        _submodule(model, name, f"named in {manifest_path}")
+        packed = module_type.from_manifest_entry(entry, device=device)
+        if name:
+            _set_submodule(model, name, packed)
+        else:
+            model = packed
     _retie(model, manifest.get("ties", []), manifest_path)
+    if "structure" in manifest:
+        _restore_structure(model, manifest["structure"], path / WEIGHTS, manifest_path)
     load_model(model, str(path / WEIGHTS), strict=True, device=str(device))
     return model
