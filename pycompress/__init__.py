@@ -44,6 +44,7 @@ from pycompress.quant.mixed import MixedPrecisionConfig  # noqa: E402
 from pycompress.quant.qat import QATConfig, convert, prepare_qat  # noqa: E402
 from pycompress.registry import BackendUnavailableError, use_backend  # noqa: E402
 from pycompress.info import info  # noqa: E402
+from pycompress.distill import DistillConfig, Distiller, distill  # noqa: E402
 from pycompress.recipe import (  # noqa: E402
     PruneLayersConfig,
     Recipe,
@@ -57,6 +58,9 @@ from pycompress.recipe import (  # noqa: E402
 )
 
 __all__ = [
+    "DistillConfig",
+    "Distiller",
+    "distill",
     "PruneLayersConfig",
     "Recipe",
     "RecipeError",
