@@ -1,0 +1,7 @@
+"""``python -m pycompress``: the ``pycompress`` command."""
+
+import sys
+
+from pycompress.cli import main
+
+sys.exit(main())
