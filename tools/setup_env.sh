@@ -38,7 +38,7 @@ need safetensors safetensors
 need yaml pyyaml
 want triton triton
 want transformers transformers
-want matplotlib matplotlib
+if [ "$purpose" = demo ]; then need matplotlib matplotlib; else want matplotlib matplotlib; fi
 if [ "$purpose" = test ]; then
   need pytest pytest
   need hypothesis hypothesis
