@@ -6,6 +6,9 @@ writes benchmarks/results/<device>/<family>.json: device, versions, commit, comm
 peak, then one row per (case, shape) with the median time of every candidate, its GOP/s, and the ratio
 of each baseline's time to it (> 1 means faster than that baseline).
 
+A candidate ``op[backend]`` is a plain call of the public op where the default selection runs that backend
+(what a user's call runs), else the call inside ``pycompress.use_backend(backend)``.
+
 Timing: on CPU, wall-clock medians after warm-up; on CUDA, triton.testing.do_bench (CUDA events,
 L2 flushed between runs) medians. Absolute times hold only for the device they were taken on.
 """
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 import pycompress
+from pycompress import registry
 from pycompress.ops.int8 import quantize_per_token_reference
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,7 +92,12 @@ def time_fns(fns: dict, device: str, min_time: float = 0.5, max_reps: int = 200)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _backend_fn(backend: str, fn):
+def _backend_fn(backend: str, fn, op: str, device: str):
+    """``fn`` run by ``backend``: as it is where a plain call of ``op`` on ``device`` selects ``backend``
+    already (what a user's call runs), else inside ``use_backend(backend)``."""
+    if registry.select_quietly(op, device) == backend:
+        return fn
+
     def run():
         with pycompress.use_backend(backend):
             return fn()
@@ -126,7 +135,8 @@ def int8_cases(device: str, quick: bool):
 
         # int8_mm: pre-quantized operands, dequantization and bias fused.
         candidates = {
-            f"int8_mm[{b}]": _backend_fn(b, lambda b=b: pycompress.ops.int8_mm(qx, qw, sx, sw, bias, float_dtype))
+            f"int8_mm[{b}]": _backend_fn(b, lambda b=b: pycompress.ops.int8_mm(qx, qw, sx, sw, bias, float_dtype),
+                                         "int8_mm", device)
             for b in backends
         }
         baselines = {f"torch.matmul[{str(float_dtype).replace('torch.', '')}]": lambda: torch.nn.functional.linear(x, w)}
@@ -141,7 +151,7 @@ def int8_cases(device: str, quick: bool):
         # on CPU, torch.ao dynamic quantization (fbgemm) of the same layer.
         int8_linear = pycompress.Int8Linear.from_linear(linear)
         candidates = {
-            f"Int8Linear[{b}]": _backend_fn(b, lambda m=int8_linear: m(x)) for b in backends
+            f"Int8Linear[{b}]": _backend_fn(b, lambda m=int8_linear: m(x), "int8_mm", device) for b in backends
         }
         layer = copy.deepcopy(linear).to(float_dtype)
         baselines = {f"nn.Linear[{str(float_dtype).replace('torch.', '')}]": lambda: layer(x)}
@@ -181,7 +191,8 @@ def lowbit_cases(device: str, quick: bool):
             ("binary_weight_mm", (x, w_bits, alpha, None)),
             ("ternary_weight_mm", (x, w_2bit, alpha, None)),
         ):
-            candidates = {f"{op}[{b}]": _backend_fn(b, lambda op=op, args=args: getattr(pycompress.ops, op)(*args))
+            candidates = {f"{op}[{b}]": _backend_fn(b, lambda op=op, args=args: getattr(pycompress.ops, op)(*args),
+                                                    op, device)
                           for b in backends}
             yield op, M, N, K, candidates, baselines
     for M, N, K in binary:
@@ -191,13 +202,13 @@ def lowbit_cases(device: str, quick: bool):
         a_bits, b_bits = L.pack_bits_reference(x.float()), L.pack_bits_reference(w.float())
         sa, sb = x.float().abs().mean(1), w.float().abs().mean(1)
         candidates = {
-            f"binary_mm[{b}]": _backend_fn(b, lambda: pycompress.ops.binary_mm(a_bits, b_bits, K, sa, sb, None,
-                                                                               float_dtype))
+            f"binary_mm[{b}]": _backend_fn(
+                b, lambda: pycompress.ops.binary_mm(a_bits, b_bits, K, sa, sb, None, float_dtype), "binary_mm", device)
             for b in backends
         }
         candidates.update({
             f"pack_bits+binary_mm[{b}]": _backend_fn(b, lambda: pycompress.ops.binary_mm(
-                pycompress.ops.pack_bits(x), b_bits, K, sa, sb, None, float_dtype))
+                pycompress.ops.pack_bits(x), b_bits, K, sa, sb, None, float_dtype), "binary_mm", device)
             for b in backends
         })
         baselines = {f"torch.matmul[{fname}]": lambda: torch.nn.functional.linear(x, w)}
@@ -239,7 +250,8 @@ def sparse_cases(device: str, quick: bool):
         w = torch.randn(N, K, generator=g)
         w = (w * nm_mask(w.abs())).to(device=device, dtype=float_dtype)
         values, meta = sparse24_compress_reference(w)
-        candidates = {f"sparse24_mm[{b}]": _backend_fn(b, lambda x=x, v=values, m=meta: pycompress.ops.sparse24_mm(x, v, m))
+        candidates = {f"sparse24_mm[{b}]": _backend_fn(b, lambda x=x, v=values, m=meta: pycompress.ops.sparse24_mm(x, v, m),
+                                                       "sparse24_mm", device)
                       for b in backends}
         baselines = {f"torch.matmul[{fname}]": dense(x, w)}
         if device == "cuda":
@@ -256,7 +268,8 @@ def sparse_cases(device: str, quick: bool):
             x = torch.randn(M, K, device=device).to(float_dtype)
             w = _random_sparse_weight(N, K, sparsity, device, float_dtype, seed=M + N + K)
             crow, col, values = pack_csr(w)
-            candidates = {f"csr_mm[{b}]": _backend_fn(b, lambda x=x, a=(crow, col, values): pycompress.ops.csr_mm(x, *a))
+            candidates = {f"csr_mm[{b}]": _backend_fn(b, lambda x=x, a=(crow, col, values): pycompress.ops.csr_mm(x, *a),
+                                                      "csr_mm", device)
                           for b in backends}
             baselines = {f"torch.matmul[{fname}]": dense(x, w)}
             with warnings.catch_warnings():
@@ -267,7 +280,8 @@ def sparse_cases(device: str, quick: bool):
             block = 32
             wb = _random_sparse_weight(N, K, sparsity, device, float_dtype, seed=M + N + K + 1, block=block)
             packed = pack_bsr(wb, block)
-            candidates = {f"bsr_mm[{b}]": _backend_fn(b, lambda x=x, a=packed: pycompress.ops.bsr_mm(x, *a))
+            candidates = {f"bsr_mm[{b}]": _backend_fn(b, lambda x=x, a=packed: pycompress.ops.bsr_mm(x, *a),
+                                                      "bsr_mm", device)
                           for b in backends}
             baselines = {f"torch.matmul[{fname}]": dense(x, wb)}
             try:
@@ -303,7 +317,8 @@ def lowrank_cases(device: str, quick: bool):
                    (torch.randn(M, K, generator=g), torch.randn(r, K, generator=g) / K**0.5,
                     torch.randn(N, r, generator=g) / r**0.5))
         w = u @ v
-        candidates = {f"lowrank_mm[{b}]": _backend_fn(b, lambda x=x, v=v, u=u: pycompress.ops.lowrank_mm(x, v, u))
+        candidates = {f"lowrank_mm[{b}]": _backend_fn(b, lambda x=x, v=v, u=u: pycompress.ops.lowrank_mm(x, v, u),
+                                                      "lowrank_mm", device)
                       for b in backends}
         baselines = {f"torch.matmul[{fname}]": lambda x=x, w=w: torch.nn.functional.linear(x, w),
                      f"two torch matmuls[{fname}]": lambda x=x, v=v, u=u: torch.nn.functional.linear(
@@ -317,7 +332,8 @@ def lowrank_cases(device: str, quick: bool):
             idx = pack_indices(indices, bits).to(device)
             x = torch.randn(M, K, generator=g).to(device=device, dtype=float_dtype)
             w = torch.gather(table, 1, indices.to(device))
-            candidates = {f"codebook_mm[{b}]": _backend_fn(b, lambda x=x, i=idx, c=table: pycompress.ops.codebook_mm(x, i, c))
+            candidates = {f"codebook_mm[{b}]": _backend_fn(
+                b, lambda x=x, i=idx, c=table: pycompress.ops.codebook_mm(x, i, c), "codebook_mm", device)
                           for b in backends}
             baselines = {f"torch.matmul[{fname}]": lambda x=x, w=w: torch.nn.functional.linear(x, w)}
             yield f"codebook_mm@{bits}bit", M, N, K, candidates, baselines, {"bits": bits, "per_channel": True}

@@ -59,8 +59,13 @@ def with_direct_path(impl: Callable, custom_op) -> Callable:
 
 
 def _native(op: str) -> Callable:
+    overload = None
+
     def run(*args):
-        return getattr(torch.ops.pycompress_C, op)(*args)
+        nonlocal overload
+        if overload is None:  # resolved on first use: the extension loads lazily
+            overload = getattr(torch.ops.pycompress_C, op).default
+        return overload(*args)
 
     run.__name__ = f"native_{op}"
     return run

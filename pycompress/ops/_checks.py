@@ -34,14 +34,16 @@ def check_tensor(
     ``shape`` holds the expected sizes, None where any size is allowed; ``shape_doc`` is how the
     message shows it, e.g. ``"[N, K] with K == a.shape[1]"``.
     """
-    if (
-        isinstance(t, torch.Tensor)
-        and t.dtype in dtypes
-        and t.dim() == len(shape)
-        and all(s is None or s == actual for s, actual in zip(shape, t.shape))
-        and (device is None or t.device == device)
-    ):
-        return
+    # Runs on every call of every op: plain comparisons, no generator or intermediate objects.
+    if isinstance(t, torch.Tensor) and t.dtype in dtypes:
+        actual = t.shape
+        if len(actual) == len(shape):
+            for s, a in zip(shape, actual):
+                if s is not None and s != a:
+                    break
+            else:
+                if device is None or t.device == device:
+                    return
     # The message is built only on failure: this runs on every call of every op.
     want = " or ".join(_dtype_name(d) for d in dtypes)
     expected = f"{op}: {name} must be {want} of shape {shape_doc}"

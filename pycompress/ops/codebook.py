@@ -132,8 +132,8 @@ def _codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor
     _check(x, idx, codebook, bias)
     if x.shape[0] == 0 or idx.shape[0] == 0:
         return x.new_empty((x.shape[0], idx.shape[0]))
-    args = tuple(None if t is None else t.contiguous() for t in (x, idx, codebook, bias))
-    return registry.select("codebook_mm", x.device.type).fn(*args)
+    return registry.select("codebook_mm", x.device.type).fn(
+        x.contiguous(), idx.contiguous(), codebook.contiguous(), None if bias is None else bias.contiguous())
 
 
 _codebook_mm_op = torch.library.custom_op("pycompress::codebook_mm", mutates_args=())(_codebook_mm)

@@ -71,8 +71,8 @@ def _lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) 
     _check(x, v, u, bias)
     if x.shape[0] == 0 or u.shape[0] == 0:
         return x.new_empty((x.shape[0], u.shape[0]))
-    args = tuple(None if t is None else t.contiguous() for t in (x, v, u, bias))
-    return registry.select("lowrank_mm", x.device.type).fn(*args)
+    return registry.select("lowrank_mm", x.device.type).fn(
+        x.contiguous(), v.contiguous(), u.contiguous(), None if bias is None else bias.contiguous())
 
 
 _lowrank_mm_op = torch.library.custom_op("pycompress::lowrank_mm", mutates_args=())(_lowrank_mm)

@@ -63,10 +63,27 @@ def test_lowrank_mm_cpu(backend):
 def test_cpu_isa_paths(isa, monkeypatch):
     monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
     for M in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 64, 300):
-        for K, N, r in ((384, 96, 96), (100, 33, 17)):
+        for K, N, r in ((384, 96, 96), (100, 33, 17), (520, 300, 130)):
             x, v, u, bias = _factors(M, N, K, r, torch.float32, "cpu", seed=M + K)
             torch.testing.assert_close(_call("cpu", x, v, u, bias), L.lowrank_mm_reference(x, v, u, bias),
                                        rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_thread_counts(threads):
+    """The CPU kernel splits its work by the thread count (rows of v and u, or runs of row panels):
+    every split gives the reference's result, bias and reduced-precision rounding of t included."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for M in (1, 3, 4, 5, 16, 48, 64, 65, 128):
+            for dtype in (torch.float32, torch.bfloat16):
+                x, v, u, bias = _factors(M, 200, 136, 40, dtype, "cpu", seed=M + threads)
+                want = L.lowrank_mm_reference(x, v, u, bias)
+                tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+                torch.testing.assert_close(_call("cpu", x, v, u, bias), want, **tol)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.cuda
