@@ -12,7 +12,7 @@
 // in place, each value broadcast, times a 16-wide panel of the right operand (two vectors), 12 FMAs per 2
 // panel loads and 6 broadcasts (12 x 8 for M <= 8). t = x v^T lives in a per-thread buffer (L1 or L2),
 // never in a tensor. Two layouts:
-// - M < kPackedMinRows: nothing of the factors is packed, only x. Per block of up to 64 rows, x^T as
+// - M < kPackedMinRows or r > kPackedMaxRank: nothing of the factors is packed, only x. Per block of up to 64 rows, x^T as
 //   panels (pack_x_slabs), then
 //     phase 1: t^T [r, mb] = v [r, K] x^T, into a buffer laid out as panels of t^T, which is exactly the
 //              right operand phase 2 wants;
@@ -20,7 +20,7 @@
 //              (store_transposed).
 //   Up to one block of rows (M <= 64), the block's phase 1 is split over the threads by rows of v and
 //   phase 2 by rows of u; above that each thread owns a run of panels, in blocks.
-// - M >= kPackedMinRows: v^T and u^T are packed once per call as 16-wide panels, and x and t are read in
+// - M >= kPackedMinRows and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels, and x and t are read in
 //   place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written straight from the
 //   registers, so y is neither staged nor transposed (that saved about 15% at M >= 1024, where y is
 //   written to memory).
@@ -302,6 +302,11 @@ void lowrank_mm_transposed(const LowRankArgs& p) {
 // than packing x^T and transposing y per row block (M (K + N) floats) from here on (measured on Zen 3 at
 // K = 384, N = 1536, r = 96: the same at M = 64, 5% faster at 128, 9% at 256).
 constexpr int64_t kPackedMinRows = 128;
+// Largest rank (rounded up to 16) for the packed path: its phase 1 runs every row tile over all r / 16
+// panels of v^T, one depth block (kDepthBlock) at a time, so those panels (r kDepthBlock floats, 256 KiB
+// here) must stay in L2. Beyond that the unpacked path is faster at every M measured (Zen 3, two threads,
+// N = K = 4096, r = 1024: 2.5x at M = 128, 1.2x at M = 256 and 512).
+constexpr int64_t kPackedMaxRank = 256;
 // The packed path's blocking: the block's t and a chunk of panels of u^T, each about kPackedBytes, stay in
 // L2 while phase 2 runs every tile of the block over the chunk (3% faster than a 48-row block against
 // every panel on two threads at M = 1024). Blocks are 48 to 192 rows (a multiple of 6).
@@ -618,7 +623,7 @@ at::Tensor lowrank_mm(const at::Tensor& x, const at::Tensor& v, const at::Tensor
       lowrank_mm_dots<VT>(x, v, u, bp, out);
       return;
     }
-    if (M >= kPackedMinRows) {
+    if (M >= kPackedMinRows && round_up(r, 16) <= kPackedMaxRank) {
       lowrank_mm_packed<VT>(x, v, u, bp, out);
       return;
     }

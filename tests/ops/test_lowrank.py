@@ -63,7 +63,7 @@ def test_lowrank_mm_cpu(backend):
 def test_cpu_isa_paths(isa, monkeypatch):
     monkeypatch.setenv("PYCOMPRESS_CPU_ISA", isa)
     for M in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 64, 300):
-        for K, N, r in ((384, 96, 96), (100, 33, 17), (520, 300, 130)):
+        for K, N, r in ((384, 96, 96), (100, 33, 17), (520, 300, 130), (320, 90, 272)):
             x, v, u, bias = _factors(M, N, K, r, torch.float32, "cpu", seed=M + K)
             torch.testing.assert_close(_call("cpu", x, v, u, bias), L.lowrank_mm_reference(x, v, u, bias),
                                        rtol=1e-5, atol=1e-4)
