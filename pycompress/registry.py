@@ -153,8 +153,31 @@ def status(op: str, backend: str, device_type: str) -> tuple[str, str]:
     return "ok", ""
 
 
+# select() runs on every call of every op. Its answer for (op, device type, use_backend stack,
+# PYCOMPRESS_BACKEND) is kept when it is the requested backend or the device's first preference: then it
+# depends only on that one backend, whose availability is fixed for the process, and the entry is used only
+# while the registry still holds that very BackendImpl. A fallback (with its warning) is worked out anew.
+_SELECTED: dict = {}
+
+
+def device_type(t) -> str:
+    """``t.device.type``, without building the device object for CPU tensors (the common case)."""
+    return "cpu" if t.is_cpu else t.device.type
+
+
 def select(op: str, device_type: str) -> BackendImpl:
     """The backend that runs ``op`` on ``device_type`` now (see the module docstring)."""
+    key = (op, device_type, _override.get(), os.environ.get(ENV_VAR, ""))
+    impl = _SELECTED.get(key)
+    if impl is not None and _IMPLS[op].get(impl.backend) is impl:
+        return impl
+    impl, cacheable = _select(op, device_type)
+    if cacheable:
+        _SELECTED[key] = impl
+    return impl
+
+
+def _select(op: str, device_type: str) -> tuple[BackendImpl, bool]:
     table = impls(op)
     chosen, source = requested_backend(op)
     if chosen is not None:
@@ -169,7 +192,7 @@ def select(op: str, device_type: str) -> BackendImpl:
             raise BackendUnavailableError(
                 f"{op}: backend {chosen!r} was requested by {source} but cannot run on {device_type}: {reason}"
             )
-        return impl
+        return impl, True
     preference = DEVICE_PREFERENCE.get(device_type)
     if preference is None:
         raise BackendUnavailableError(f"{op}: tensors on device type {device_type!r} are not supported")
@@ -183,9 +206,9 @@ def select(op: str, device_type: str) -> BackendImpl:
                     f"pycompress: {op} on {device_type} uses the {backend} backend because "
                     + "; ".join(f"{b}: {r}" for b, r in skipped)
                     + f" (ask for one explicitly with {ENV_VAR} or pycompress.use_backend)",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-            return table[backend]
+            return table[backend], not skipped
         skipped.append((backend, reason))
     raise BackendUnavailableError(
         f"{op}: no backend can run on {device_type}: " + "; ".join(f"{b}: {r}" for b, r in skipped)

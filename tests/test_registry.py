@@ -68,6 +68,28 @@ def test_fallback_to_reference_warns_with_reason(monkeypatch):
         registry.select("int8_mm", "cpu")
 
 
+def test_selection_follows_registry_changes(monkeypatch):
+    """select() keeps its answers per op, device, use_backend stack and PYCOMPRESS_BACKEND: a backend
+    replaced in the registry, then put back, is seen at once, and so is a change of the variable."""
+    original = registry.select("int8_mm", "cpu")
+    assert original.backend == "cpu" and registry.select("int8_mm", "cpu") is original
+    fake = registry.BackendImpl(op="int8_mm", backend="cpu", fn=None, devices=("cpu",),
+                                availability=lambda d: None)
+    with monkeypatch.context() as m:
+        m.setitem(registry._IMPLS["int8_mm"], "cpu", fake)
+        assert registry.select("int8_mm", "cpu") is fake
+        m.setenv("PYCOMPRESS_BACKEND", "int8_mm=reference")
+        assert registry.select("int8_mm", "cpu").backend == "reference"
+    assert registry.select("int8_mm", "cpu") is original
+    with monkeypatch.context() as m:
+        m.setitem(registry._IMPLS["int8_mm"], "cpu", registry.BackendImpl(
+            op="int8_mm", backend="cpu", fn=None, devices=("cpu",), availability=lambda d: "gone"))
+        m.setattr(registry, "_warned", set())
+        with pytest.warns(UserWarning, match="cpu: gone"):
+            assert registry.select("int8_mm", "cpu").backend == "reference"
+    assert registry.select("int8_mm", "cpu") is original
+
+
 def test_info_table(capsys):
     text = pycompress.info()
     assert "int8_mm" in text and "quantize_per_token" in text

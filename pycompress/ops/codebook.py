@@ -132,7 +132,7 @@ def _codebook_mm(x: Tensor, idx: Tensor, codebook: Tensor, bias: Optional[Tensor
     _check(x, idx, codebook, bias)
     if x.shape[0] == 0 or idx.shape[0] == 0:
         return x.new_empty((x.shape[0], idx.shape[0]))
-    return registry.select("codebook_mm", x.device.type).fn(
+    return registry.select("codebook_mm", registry.device_type(x)).fn(
         x.contiguous(), idx.contiguous(), codebook.contiguous(), None if bias is None else bias.contiguous())
 
 

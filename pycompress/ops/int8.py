@@ -103,7 +103,7 @@ def _quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     _check_quantize_per_token(x)
     if x.shape[0] == 0:
         return torch.empty_like(x, dtype=torch.int8), torch.empty(0, dtype=torch.float32, device=x.device)
-    impl = registry.select(_OP_QUANT, x.device.type)
+    impl = registry.select(_OP_QUANT, registry.device_type(x))
     return impl.fn(x.contiguous())
 
 
@@ -130,7 +130,7 @@ def _int8_mm(
     M, N = a.shape[0], b.shape[0]
     if M == 0 or N == 0:
         return torch.empty((M, N), dtype=out_dtype, device=a.device)
-    impl = registry.select(_OP_MM, a.device.type)
+    impl = registry.select(_OP_MM, registry.device_type(a))
     return impl.fn(
         a.contiguous(),
         b.contiguous(),

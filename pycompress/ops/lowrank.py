@@ -71,7 +71,7 @@ def _lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) 
     _check(x, v, u, bias)
     if x.shape[0] == 0 or u.shape[0] == 0:
         return x.new_empty((x.shape[0], u.shape[0]))
-    return registry.select("lowrank_mm", x.device.type).fn(
+    return registry.select("lowrank_mm", registry.device_type(x)).fn(
         x.contiguous(), v.contiguous(), u.contiguous(), None if bias is None else bias.contiguous())
 
 

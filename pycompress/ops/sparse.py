@@ -130,7 +130,7 @@ def _sparse_mm(op: str, check, x, crow, col, values, bias, *, fake: bool) -> Ten
     if fake or x.shape[0] == 0 or N == 0:
         return x.new_empty((x.shape[0], N))
     args = tuple(None if t is None else t.contiguous() for t in (x, crow, col, values, bias))
-    return registry.select(op, x.device.type).fn(*args)
+    return registry.select(op, registry.device_type(x)).fn(*args)
 
 
 def _csr_mm(x: Tensor, crow: Tensor, col: Tensor, values: Tensor, bias: Optional[Tensor] = None) -> Tensor:
