@@ -9,21 +9,21 @@
 // split over the threads by rows of v or u, the factors read once, in place, in their own dtype.
 //
 // Above that it runs both products through one register tile (panel_tile): 6 rows of a left operand read
-// in place, each value broadcast, times a 16-wide panel of the right operand (two vectors), 12 FMAs per 2
-// panel loads and 6 broadcasts (12 x 8 for M <= 8). t = x v^T lives in a per-thread buffer (L1 or L2),
-// never in a tensor. Two layouts:
-// - M < kPackedMinRows or r > kPackedMaxRank: nothing of the factors is packed, only x. Per block of up to 64 rows, x^T as
-//   panels (pack_x_slabs), then
+// in place (one base pointer per three rows), each value broadcast, times a 16-wide panel of the right
+// operand (two vectors), 12 FMAs per 2 panel loads and 6 broadcasts (12 x 8 for M <= 8). t = x v^T lives
+// in a per-thread buffer (L1 or L2), never in a tensor. Two layouts:
+// - M < kPackedMinRows or r > kPackedMaxRank: nothing of the factors is packed, only x. Per block of up to
+//   64 rows, x^T as panels (pack_x_slabs), then
 //     phase 1: t^T [r, mb] = v [r, K] x^T, into a buffer laid out as panels of t^T, which is exactly the
 //              right operand phase 2 wants;
-//     phase 2: y^T [N, mb] = u [N, r] t^T, 48 rows of u at a time, transposed into y with the bias
-//              (store_transposed).
-//   Up to one block of rows (M <= 64), the block's phase 1 is split over the threads by rows of v and
-//   phase 2 by rows of u; above that each thread owns a run of panels, in blocks.
-// - M >= kPackedMinRows and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels, and x and t are read in
-//   place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written straight from the
-//   registers, so y is neither staged nor transposed (that saved about 15% at M >= 1024, where y is
-//   written to memory).
+//     phase 2: y^T [N, mb] = u [N, r] t^T, each register tile transposed in registers and written into y
+//              with the bias (StoreTransposed).
+//   Up to one block of rows (M <= 64), phase 1 is split over the threads by panels (each thread packs its
+//   own) or, when they do not divide evenly, by rows of v, and phase 2 by rows of u; above that each
+//   thread owns a run of panels, in blocks.
+// - M >= kPackedMinRows and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels,
+//   and x and t are read in place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written
+//   straight from the registers (that saved about 15% at M >= 1024 over staging y^T and transposing it).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -52,6 +53,7 @@ constexpr int64_t kDepthBlock = 256;
 // The sums of a register tile, row i and vector t: store(i, t, sums) writes them where they go.
 // c[i ldc + 8 t ..] (+)= sums: the panel GEMM's float32 result.
 struct StoreSums {
+  static constexpr bool kWholeTile = false;
   float* c;
   int64_t ldc;
   bool accumulate;
@@ -67,6 +69,22 @@ struct StoreSums {
 // each, which the hardware prefetcher does not follow. Not inlined: a call costs nothing next to a tile's
 // depth of steps, and the loop's registers then do not depend on the caller (inlined into product_rows,
 // GCC was seen to keep the panel vectors on the stack, a store and a load per step).
+// The value at base + s ld bytes (s = 0, 1 or 2) broadcast to 8 lanes, through one base + index address:
+// a tile then needs one pointer per three of its rows of a. Written as a C++ expression, GCC keeps a
+// pointer register per row (12 for a 12-row tile) and spills some of them to the stack in the loop.
+// (a is never written while a tile runs: the tile is a function of its own.)
+__attribute__((always_inline)) PYC_AVX2_FMA inline __m256 broadcast_row(int s, const char* base, int64_t ld) {
+  __m256 v;
+  if (s == 0) {
+    __asm__("vbroadcastss (%1), %0" : "=x"(v) : "r"(base));
+  } else if (s == 1) {
+    __asm__("vbroadcastss (%1,%2,1), %0" : "=x"(v) : "r"(base), "r"(ld));
+  } else {
+    __asm__("vbroadcastss (%1,%2,2), %0" : "=x"(v) : "r"(base), "r"(ld));
+  }
+  return v;
+}
+
 template <int MR, int T, class Store>
 __attribute__((noinline)) PYC_AVX2_FMA void panel_tile(const float* a, int64_t lda, const float* b, int64_t depth,
                                                         const float* next, const Store& store) {
@@ -79,6 +97,13 @@ __attribute__((noinline)) PYC_AVX2_FMA void panel_tile(const float* a, int64_t l
       acc[i][t] = _mm256_setzero_ps();
     }
   }
+  constexpr int kBases = (MR + 2) / 3;
+  const int64_t ld = lda * static_cast<int64_t>(sizeof(float));
+  const char* base[kBases];
+#pragma GCC unroll 4
+  for (int g = 0; g < kBases; ++g) {
+    base[g] = reinterpret_cast<const char*>(a + 3 * g * lda);
+  }
   for (int64_t k = 0; k < depth; ++k) {
     if (k % 16 == 0) {
 #pragma GCC unroll 12
@@ -86,28 +111,45 @@ __attribute__((noinline)) PYC_AVX2_FMA void panel_tile(const float* a, int64_t l
         _mm_prefetch(reinterpret_cast<const char*>(next + i * lda + k), _MM_HINT_T0);
       }
     }
-    __m256 bv[T];
-#pragma GCC unroll 2
-    for (int t = 0; t < T; ++t) {
-      bv[t] = _mm256_load_ps(b + k * W + 8 * t);
-      // Keeps the panel vector in a register: GCC would otherwise fold the load into each FMA, one load
-      // per row of a.
-      __asm__("" : "+x"(bv[t]));
-    }
+    // The panel's vectors, two named values (an array of them was seen kept on the stack, a store per
+    // step, once the tile's epilogue had arrays of its own).
+    static_assert(T == 1 || T == 2, "one or two vectors per panel row");
+    __m256 b0 = _mm256_load_ps(b + k * W);
+    __m256 b1 = T == 2 ? _mm256_load_ps(b + k * W + 8) : b0;
+    // Keeps the panel vectors in registers: GCC would otherwise fold the loads into each FMA, a load per
+    // row of a.
+    __asm__("" : "+x"(b0), "+x"(b1));
 #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      const __m256 av = _mm256_broadcast_ss(a + i * lda + k);
-#pragma GCC unroll 2
-      for (int t = 0; t < T; ++t) {
-        acc[i][t] = _mm256_fmadd_ps(av, bv[t], acc[i][t]);
+      const __m256 av = broadcast_row(i % 3, base[i / 3], ld);
+      acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+      if constexpr (T == 2) {
+        acc[i][T - 1] = _mm256_fmadd_ps(av, b1, acc[i][T - 1]);
       }
     }
+#pragma GCC unroll 4
+    for (int g = 0; g < kBases; ++g) {
+      base[g] += sizeof(float);
+    }
   }
+  if constexpr (Store::kWholeTile) {
+    // A copy: passing acc itself by reference makes GCC keep it in memory, a store per sum and step.
+    __m256 sums[MR][T];
 #pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
-    for (int t = 0; t < T; ++t) {
-      store(i, t, acc[i][t]);
+      for (int t = 0; t < T; ++t) {
+        sums[i][t] = acc[i][t];
+      }
+    }
+    store.tile(sums);
+  } else {
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+      for (int t = 0; t < T; ++t) {
+        store(i, t, acc[i][t]);
+      }
     }
   }
 }
@@ -178,7 +220,7 @@ namespace {
 // Most rows of x per block: the block's x^T panels (mb K floats) and t^T (mb r floats) stay in L2 for
 // the K and r of a transformer layer.
 constexpr int64_t kMaxBlockRows = 64;
-// Rows of u per step of phase 2 (a multiple of 12 and 8): its y^T block (kNBlock mb floats) stays in L1.
+// Rows of u per task when phase 2 is split over the threads (a multiple of the tiles' 12 and 6 rows).
 constexpr int64_t kNBlock = 48;
 
 template <typename T>
@@ -211,28 +253,131 @@ void lowrank_mm_scalar(const T* x, const T* v, const T* u, const float* bias, T*
   });
 }
 
+// store_lanes for the last columns of a row. Not inlined: the partial store goes through memory, and GCC
+// would then keep the tile's panel vectors there too, a store and a load per step.
+template <typename OutT>
+__attribute__((noinline)) PYC_AVX2_FMA void store_last_lanes(OutT* dst, __m256 v, int64_t cols) {
+  store_lanes(dst, v, cols);
+}
+
+// The first B bytes of x at dst, by stores of 8, 4 and 2 bytes from the register (not through memory:
+// a vector whose address is taken makes GCC keep the tile's panel vectors on the stack too).
+template <int B>
+PYC_AVX2 inline void store_bytes(char* dst, __m128i x) {
+  if constexpr (B >= 8) {
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), x);
+    store_bytes<B - 8>(dst + 8, _mm_srli_si128(x, 8));
+  } else if constexpr (B >= 4) {
+    const int32_t w = _mm_cvtsi128_si32(x);
+    std::memcpy(dst, &w, 4);
+    store_bytes<B - 4>(dst + 4, _mm_srli_si128(x, 4));
+  } else if constexpr (B >= 2) {
+    const int16_t h = static_cast<int16_t>(_mm_extract_epi16(x, 0));
+    std::memcpy(dst, &h, 2);
+  }
+}
+
+// The first n (1 to 8, a constant) lanes of v at dst as OutT.
+template <int n, typename OutT>
+PYC_AVX2 inline void store_n(OutT* dst, __m256 v) {
+  static_assert(n >= 1 && n <= 8, "1 to 8 lanes");
+  char* d = reinterpret_cast<char*>(dst);
+  if constexpr (std::is_same_v<OutT, float>) {
+    if constexpr (n == 8) {
+      _mm256_storeu_ps(dst, v);
+    } else if constexpr (n >= 4) {
+      _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
+      store_bytes<4 * (n - 4)>(d + 16, _mm_castps_si128(_mm256_extractf128_ps(v, 1)));
+    } else {
+      store_bytes<4 * n>(d, _mm_castps_si128(_mm256_castps256_ps128(v)));
+    }
+  } else {
+    __m128i bits;
+    if constexpr (std::is_same_v<OutT, c10::Half>) {
+      bits = half_bits(v);
+    } else {
+      static_assert(std::is_same_v<OutT, c10::BFloat16>, "float32, float16 or bfloat16 outputs");
+      bits = bf16_bits(v);
+    }
+    if constexpr (n == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), bits);
+    } else {
+      store_bytes<2 * n>(d, bits);
+    }
+  }
+}
+
+// A register tile of y^T (MR <= 12 rows of u by W = 8 T rows of x) transposed in registers and written
+// into y: y[c, i] = sums[i][c] + bias[i] for c < cols, i < MR, in y's dtype. y is neither staged in a
+// buffer nor transposed by a pass of its own (that pass was about 12% of the kernel at M = 64, K = 384,
+// N = 1536).
+template <typename OutT>
+struct StoreTransposed {
+  static constexpr bool kWholeTile = true;
+  OutT* y;  // y[m0, n0]
+  int64_t N;
+  const float* bias;  // bias + n0, zero-padded to 12 values past it, or nullptr
+  int cols;  // rows of x in the tile, 1 to W
+
+  template <int MR, int T>
+  PYC_AVX2_FMA void tile(__m256 (&acc)[MR][T]) const {
+    static_assert(MR >= 1 && MR <= 12, "tiles of up to 12 rows of u");
+    const __m256 b = bias != nullptr ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    const __m256 b4 = _mm256_zextps128_ps256(bias != nullptr ? _mm_loadu_ps(bias + 8) : _mm_setzero_ps());
+#pragma GCC unroll 2
+    for (int t = 0; t < T; ++t) {
+      __m256 lo[8];
+      __m256 hi[8];
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        lo[i] = i < MR ? acc[i][t] : _mm256_setzero_ps();
+        hi[i] = i + 8 < MR ? acc[i + 8][t] : _mm256_setzero_ps();
+      }
+      transpose8(lo);
+      if constexpr (MR > 8) {
+        transpose8(hi);
+      }
+      // Row c of x: MR values (constant-size stores).
+      auto row = [&](int c) PYC_AVX2_FMA {
+        OutT* dst = y + (8 * t + c) * N;
+        store_n<(MR < 8 ? MR : 8)>(dst, _mm256_add_ps(lo[c], b));
+        if constexpr (MR > 8) {
+          store_n<(MR > 8 ? MR - 8 : 1)>(dst + 8, _mm256_add_ps(hi[c], b4));
+        }
+      };
+      if (cols >= 8 * (t + 1)) {
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; ++c) {
+          row(c);
+        }
+      } else {
+        for (int c = 0; c < cols - 8 * t; ++c) {
+          row(c);
+        }
+      }
+    }
+  }
+};
+
 struct LowRankArgs {
   const at::Tensor& x;  // [M, K] of the op's dtype
   const float* v;  // [r, K]
   const float* u;  // [N, r]
-  const float* bias;  // [N] or nullptr
+  const float* bias;  // [N] zero-padded to N + 16 values, or nullptr
   at::Tensor& out;
   int64_t M, N, K, r, W, mb;
 };
 
-// One row block's buffers: x^T panels, t^T panels and a y^T block.
+// Panels of x^T and of t^T (W rows of x each) of one block of rows.
 struct BlockBuffers {
   std::unique_ptr<float[], AlignedFree> xp;
   std::unique_ptr<float[], AlignedFree> tp;
-  std::unique_ptr<float[], AlignedFree> yp;
 
-  explicit BlockBuffers(const LowRankArgs& p, bool with_y)
-      : xp(aligned_buffer<float>(p.mb * p.K, "lowrank_mm")),
-        tp(aligned_buffer<float>(p.mb * p.r, "lowrank_mm")),
-        yp(aligned_buffer<float>(with_y ? kNBlock * p.mb : 0, "lowrank_mm")) {}
+  explicit BlockBuffers(const LowRankArgs& p)
+      : xp(aligned_buffer<float>(p.mb * p.K, "lowrank_mm")), tp(aligned_buffer<float>(p.mb * p.r, "lowrank_mm")) {}
 };
 
-// Phase 1 for rows [j0, j1) of v: t^T panels of the block, rounded to the op's dtype.
+// Phase 1 for rows [j0, j1) of v and the given x^T panels: the same t^T panels, rounded to the op's dtype.
 template <typename VT>
 void phase1(const LowRankArgs& p, int64_t panels, const float* xp, float* tp, int64_t j0, int64_t j1) {
   const int64_t W = p.W;
@@ -248,50 +393,85 @@ void phase1(const LowRankArgs& p, int64_t panels, const float* xp, float* tp, in
   }
 }
 
-// Phase 2 for rows [n0, n1) of u (at most kNBlock) and the block's rows [m0, m0 + rows) of x.
-void phase2(const LowRankArgs& p, int64_t panels, const float* tp, float* yp, int64_t n0, int64_t n1, int64_t m0,
-            int64_t rows) {
-  const int64_t W = p.W;
-  const int64_t ldy = panels * W;
-  gemm_panels_avx2(static_cast<int>(W / 8), p.u + n0 * p.r, p.r, n1 - n0, p.r, tp, panels, p.r * W, yp, ldy, W, false);
-  store_transposed(yp, ldy, n1 - n0, rows, n0, m0, p.bias, p.out, Isa::kAvx2);
+// Phase 2 for rows [n0, n1) of u and the block's rows [m0, m0 + rows) of x (its t^T panels at tp):
+// y[m0 .., n0 .. n1) = t u^T + bias, a tile of 12 / T rows of u (read in place, in L1 while the block's
+// panels pass) by one panel at a time, over the whole rank, written from the registers.
+template <int T, typename OutT>
+void phase2_t(const LowRankArgs& p, const float* tp, int64_t n0, int64_t n1, int64_t m0, int64_t rows) {
+  constexpr int MR = 12 / T;
+  constexpr int W = 8 * T;
+  const int64_t r = p.r;
+  const int64_t panels = ceil_div(rows, W);
+  OutT* y = p.out.mutable_data_ptr<OutT>() + m0 * p.N;
+  auto store = [&](int64_t n, int64_t q) {
+    return StoreTransposed<OutT>{y + W * q * p.N + n, p.N, p.bias != nullptr ? p.bias + n : nullptr,
+                                 static_cast<int>(std::min<int64_t>(W, rows - W * q))};
+  };
+  int64_t n = n0;
+  for (; n + MR <= n1; n += MR) {
+    const float* a = p.u + n * r;
+    // The next tile's rows of u, while this one's first panel passes.
+    const float* next = n + 2 * MR <= n1 ? a + MR * r : a;
+    for (int64_t q = 0; q < panels; ++q) {
+      panel_tile<MR, T>(a, r, tp + q * r * W, r, q == 0 ? next : a, store(n, q));
+    }
+  }
+  if (n < n1) {
+    for (int64_t q = 0; q < panels; ++q) {
+      panel_tile_rows<MR - 1, T>(static_cast<int>(n1 - n), p.u + n * r, r, tp + q * r * W, r, store(n, q));
+    }
+  }
+}
+
+template <typename OutT>
+void phase2(const LowRankArgs& p, const float* tp, int64_t n0, int64_t n1, int64_t m0, int64_t rows) {
+  if (p.W == 8) {
+    phase2_t<1, OutT>(p, tp, n0, n1, m0, rows);
+  } else {
+    phase2_t<2, OutT>(p, tp, n0, n1, m0, rows);
+  }
 }
 
 template <typename VT>
-void lowrank_mm_transposed(const LowRankArgs& p) {
-  const int64_t panels = ceil_div(p.M, p.W);
-  const int64_t n_steps = ceil_div(p.N, kNBlock);
-  if (p.M > p.mb || at::get_num_threads() == 1) {
+void lowrank_mm_unpacked(const LowRankArgs& p) {
+  const int64_t W = p.W;
+  const int64_t panels = ceil_div(p.M, W);
+  const int threads = at::get_num_threads();
+  if (p.M > p.mb || threads == 1) {
     // Each thread its own run of panels, in blocks of up to p.mb rows.
     at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-      BlockBuffers buf(p, true);
-      const int64_t m1 = std::min(p.M, end * p.W);
-      for (int64_t m0 = begin * p.W; m0 < m1; m0 += p.mb) {
+      BlockBuffers buf(p);
+      const int64_t m1 = std::min(p.M, end * W);
+      for (int64_t m0 = begin * W; m0 < m1; m0 += p.mb) {
         const int64_t rows = std::min(p.mb, m1 - m0);
-        const int64_t q = ceil_div(rows, p.W);
-        pack_x_slabs(p.x.narrow(0, m0, rows), p.W, buf.xp.get(), Isa::kAvx2);
-        phase1<VT>(p, q, buf.xp.get(), buf.tp.get(), 0, p.r);
-        for (int64_t s = 0; s < n_steps; ++s) {
-          phase2(p, q, buf.tp.get(), buf.yp.get(), s * kNBlock, std::min(p.N, (s + 1) * kNBlock), m0, rows);
-        }
+        pack_x_slabs(p.x.narrow(0, m0, rows), W, buf.xp.get(), Isa::kAvx2);
+        phase1<VT>(p, ceil_div(rows, W), buf.xp.get(), buf.tp.get(), 0, p.r);
+        phase2<VT>(p, buf.tp.get(), 0, p.N, m0, rows);
       }
     });
     return;
   }
-  // One block: each phase split over the threads, phase 1 over the rows of v and phase 2 over the rows of
-  // u. Every thread gets an even share whatever the number of panels (a run of panels each left one thread
-  // a third more work at M = 48 on two), and reads only its share of u (measured 3-8% faster at M = 64).
-  BlockBuffers buf(p, false);
-  const int64_t MR = 12 / (p.W / 8);
-  pack_x_slabs(p.x, p.W, buf.xp.get(), Isa::kAvx2);
-  at::parallel_for(0, ceil_div(p.r, MR), 1, [&](int64_t begin, int64_t end) {
-    phase1<VT>(p, panels, buf.xp.get(), buf.tp.get(), begin * MR, std::min(p.r, end * MR));
-  });
-  at::parallel_for(0, n_steps, 1, [&](int64_t begin, int64_t end) {
-    auto yp = aligned_buffer<float>(kNBlock * p.mb, "lowrank_mm");
-    for (int64_t s = begin; s < end; ++s) {
-      phase2(p, panels, buf.tp.get(), yp.get(), s * kNBlock, std::min(p.N, (s + 1) * kNBlock), 0, p.M);
-    }
+  // One block: each phase split over the threads, so that every thread gets an even share whatever the
+  // number of panels. Phase 1 over the panels when they divide evenly (each thread packs its own, no
+  // region of its own for the packing), else over the rows of v; phase 2 over the rows of u (each thread
+  // reads only its share of u).
+  BlockBuffers buf(p);
+  if (panels % threads == 0) {
+    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+      const int64_t m0 = begin * W;
+      const int64_t rows = std::min(p.M, end * W) - m0;
+      pack_x_slabs(p.x.narrow(0, m0, rows), W, buf.xp.get() + m0 * p.K, Isa::kAvx2);
+      phase1<VT>(p, end - begin, buf.xp.get() + m0 * p.K, buf.tp.get() + m0 * p.r, 0, p.r);
+    });
+  } else {
+    const int64_t MR = 12 / (W / 8);
+    pack_x_slabs(p.x, W, buf.xp.get(), Isa::kAvx2);
+    at::parallel_for(0, ceil_div(p.r, MR), 1, [&](int64_t begin, int64_t end) {
+      phase1<VT>(p, panels, buf.xp.get(), buf.tp.get(), begin * MR, std::min(p.r, end * MR));
+    });
+  }
+  at::parallel_for(0, ceil_div(p.N, kNBlock), 1, [&](int64_t begin, int64_t end) {
+    phase2<VT>(p, buf.tp.get(), begin * kNBlock, std::min(p.N, end * kNBlock), 0, p.M);
   });
 }
 
@@ -370,17 +550,11 @@ class SharedPanels {
   std::unique_ptr<std::atomic<int>[]> state_;
 };
 
-// store_lanes for the last columns of a row. Not inlined: the partial store goes through memory, and GCC
-// would then keep the tile's panel vectors there too, a store and a load per step.
-template <typename OutT>
-__attribute__((noinline)) PYC_AVX2_FMA void store_last_lanes(OutT* dst, __m256 v, int64_t cols) {
-  store_lanes(dst, v, cols);
-}
-
 // Writes the sums of row i, vector t of a tile as y[i, n0 + 8 t ..] + bias, in y's dtype, the columns
 // below N (y is the tile's first row).
 template <typename OutT>
 struct StoreOut {
+  static constexpr bool kWholeTile = false;
   OutT* y;
   int64_t N, n0;
   const float* bias;  // padded with zeros to a multiple of 16 columns, or nullptr
@@ -437,11 +611,6 @@ void lowrank_mm_packed(const at::Tensor& x, const at::Tensor& v, const at::Tenso
   // Half a chunk per unit, so that the threads, which start on the same chunk, share its packing.
   SharedPanels vt(v, std::max<int64_t>(1, ceil_div(rp / 16, 2 * at::get_num_threads())), op);
   SharedPanels ut(u, std::max<int64_t>(1, panel_chunk(r) / 2), op);
-  std::unique_ptr<float[], AlignedFree> bias_pad;
-  if (bias != nullptr) {
-    bias_pad = aligned_buffer<float>(round_up(N, 16), op);
-    std::fill(std::copy(bias, bias + N, bias_pad.get()), bias_pad.get() + round_up(N, 16), 0.0f);
-  }
   const at::Tensor xf = as_float(x);
   const float* xp = xf.const_data_ptr<float>();
   VT* y = out.mutable_data_ptr<VT>();
@@ -460,7 +629,7 @@ void lowrank_mm_packed(const at::Tensor& x, const at::Tensor& v, const at::Tenso
           t[i] = to_float(static_cast<VT>(t[i]));
         }
       }
-      product_rows(t.get(), rp, rows, r, ut, N, bias_pad.get(), y + m0 * N);
+      product_rows(t.get(), rp, rows, r, ut, N, bias, y + m0 * N);
     }
   });
 }
@@ -610,8 +779,15 @@ at::Tensor lowrank_mm(const at::Tensor& x, const at::Tensor& v, const at::Tensor
   if (out.numel() == 0) {
     return out;
   }
-  const at::Tensor bf = bias.has_value() ? as_float(*bias) : at::Tensor();
-  const float* bp = bf.defined() ? bf.const_data_ptr<float>() : nullptr;
+  // The bias as float32, zero-padded by 16 values: the register tiles add it a vector at a time.
+  std::unique_ptr<float[], AlignedFree> bias_pad;
+  if (bias.has_value()) {
+    const at::Tensor bf = as_float(*bias);
+    bias_pad = aligned_buffer<float>(N + 16, op);
+    std::fill(std::copy(bf.const_data_ptr<float>(), bf.const_data_ptr<float>() + N, bias_pad.get()),
+              bias_pad.get() + N + 16, 0.0f);
+  }
+  const float* bp = bias_pad.get();
   auto run = [&](auto tag) {
     using VT = decltype(tag);
     if (isa == Isa::kScalar) {
@@ -633,7 +809,7 @@ at::Tensor lowrank_mm(const at::Tensor& x, const at::Tensor& v, const at::Tensor
     const int64_t W = panel_width(M);
     const LowRankArgs p{x, vf.const_data_ptr<float>(), uf.const_data_ptr<float>(), bp, out, M, N, K, r, W,
                         std::min(round_up(M, W), kMaxBlockRows)};
-    lowrank_mm_transposed<VT>(p);
+    lowrank_mm_unpacked<VT>(p);
   };
   dispatch_float(x.scalar_type(), op, "x", run);
   return out;

@@ -40,26 +40,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------------
 // Slab packing
 
-// The 8 x 8 transpose of r (r[i][j] becomes r[j][i]).
-PYC_AVX2_FMA inline void transpose8(__m256 r[8]) {
-  __m256 t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  __m256 s[8];
-  for (int i = 0; i < 8; i += 4) {
-    s[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    s[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    s[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    s[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
-    r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
-  }
-}
-
 // Columns [k0, k1) of slab s (at dst, its row k at dst + k W): 8 rows of x at a time, 8 x 8 transposes.
 template <typename T>
 PYC_AVX2_FMA void pack_slab_avx2(const T* x, int64_t M, int64_t K, int64_t W, int64_t s, int64_t k0, int64_t k1,

@@ -69,6 +69,21 @@ def test_cpu_isa_paths(isa, monkeypatch):
                                        rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_cpu_tile_edges(dtype):
+    """The CPU kernel writes y from register tiles of 12 or 6 rows of u by 8 or 16 rows of x, transposed in
+    registers: every count of rows left over in either direction lands in the right place, with the bias,
+    in every output dtype (a store past a row's last column would overwrite the next row's first ones)."""
+    for M in (5, 8, 9, 13, 24, 40, 64, 70):
+        for N in list(range(1, 26)) + [47, 49]:
+            x, v, u, bias = _factors(M, N, 40, 20, dtype, "cpu", seed=M * 100 + N)
+            for b in (None, bias):
+                out = _call("cpu", x, v, u, b)
+                want = L.lowrank_mm_reference(x, v, u, b)
+                tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
+                torch.testing.assert_close(out, want, **tol)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpu_thread_counts(threads):
     """The CPU kernel splits its work by the thread count (rows of v and u, or runs of row panels):
