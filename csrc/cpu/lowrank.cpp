@@ -359,6 +359,43 @@ struct StoreTransposed {
   }
 };
 
+// Units of work done once each, by whichever thread first needs them: the threads share them without a
+// parallel region of their own (each region costs a wake-up, and a whole scheduling slice when the threads
+// share their cores with other work), and a thread waits only for a unit that another thread is doing,
+// never for one nobody has started, so that no order of the threads (or one thread doing all) can hang.
+class OnceUnits {
+ public:
+  explicit OnceUnits(int64_t count) : state_(new std::atomic<int>[std::max<int64_t>(count, 1)]) {
+    for (int64_t i = 0; i < count; ++i) {
+      state_[i].store(kTodo, std::memory_order_relaxed);
+    }
+  }
+
+  // Does unit i with work() if nobody has claimed it yet.
+  template <class Work>
+  void claim(int64_t i, const Work& work) {
+    int expected = kTodo;
+    if (state_[i].load(std::memory_order_relaxed) == kTodo &&
+        state_[i].compare_exchange_strong(expected, kDoing, std::memory_order_acquire)) {
+      work();
+      state_[i].store(kDone, std::memory_order_release);
+    }
+  }
+
+  // Returns once unit i is done (claimed by this thread or another).
+  void wait(int64_t i) const {
+    while (state_[i].load(std::memory_order_acquire) != kDone) {
+      _mm_pause();
+    }
+  }
+
+ private:
+  static constexpr int kTodo = 0;
+  static constexpr int kDoing = 1;
+  static constexpr int kDone = 2;
+  std::unique_ptr<std::atomic<int>[]> state_;
+};
+
 struct LowRankArgs {
   const at::Tensor& x;  // [M, K] of the op's dtype
   const float* v;  // [r, K]
@@ -451,28 +488,51 @@ void lowrank_mm_unpacked(const LowRankArgs& p) {
     });
     return;
   }
-  // One block: each phase split over the threads, so that every thread gets an even share whatever the
-  // number of panels. Phase 1 over the panels when they divide evenly (each thread packs its own, no
-  // region of its own for the packing), else over the rows of v; phase 2 over the rows of u (each thread
-  // reads only its share of u).
+  // One block, split over the threads in one parallel region. Phase 1 a panel at a time (pack x's rows,
+  // then t^T for all of v), each panel done by whichever thread claims it first (OnceUnits: every thread
+  // starts with its own share of panels and goes on to the others' unclaimed ones, so a thread that wakes
+  // late or is preempted is made up for); then phase 2 in steps of kNBlock rows of u taken from a shared
+  // counter, for the same reason. When there are fewer panels than threads, phase 1 is split over the
+  // rows of v instead, in a region of its own after the packing.
   BlockBuffers buf(p);
-  if (panels % threads == 0) {
-    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
-      const int64_t m0 = begin * W;
-      const int64_t rows = std::min(p.M, end * W) - m0;
-      pack_x_slabs(p.x.narrow(0, m0, rows), W, buf.xp.get() + m0 * p.K, Isa::kAvx2);
-      phase1<VT>(p, end - begin, buf.xp.get() + m0 * p.K, buf.tp.get() + m0 * p.r, 0, p.r);
+  const int64_t n_steps = ceil_div(p.N, kNBlock);
+  // Phase 2 for the threads [begin, end) of `threads`: their even share of the rows of u, in one run
+  // (steps handed out one by one were 10% slower: each step's rows of u then start cold).
+  auto run_phase2 = [&](int64_t begin, int64_t end) {
+    const int64_t n0 = std::min(p.N, begin * n_steps / threads * kNBlock);
+    const int64_t n1 = std::min(p.N, end * n_steps / threads * kNBlock);
+    if (n0 < n1) {
+      phase2<VT>(p, buf.tp.get(), n0, n1, 0, p.M);
+    }
+  };
+  if (panels >= threads) {
+    // Units of a thread's share of panels: a panel at a time would read all of v once per panel.
+    const int64_t share = ceil_div(panels, threads);
+    const int64_t units = ceil_div(panels, share);
+    OnceUnits done(units);
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = 0; j < units; ++j) {
+        const int64_t i = (begin + j) % units;
+        done.claim(i, [&] {
+          const int64_t m0 = i * share * W;
+          const int64_t rows = std::min(p.M - m0, share * W);
+          pack_x_slabs(p.x.narrow(0, m0, rows), W, buf.xp.get() + m0 * p.K, Isa::kAvx2);
+          phase1<VT>(p, ceil_div(rows, W), buf.xp.get() + m0 * p.K, buf.tp.get() + m0 * p.r, 0, p.r);
+        });
+      }
+      for (int64_t i = 0; i < units; ++i) {
+        done.wait(i);
+      }
+      run_phase2(begin, end);
     });
-  } else {
-    const int64_t MR = 12 / (W / 8);
-    pack_x_slabs(p.x, W, buf.xp.get(), Isa::kAvx2);
-    at::parallel_for(0, ceil_div(p.r, MR), 1, [&](int64_t begin, int64_t end) {
-      phase1<VT>(p, panels, buf.xp.get(), buf.tp.get(), begin * MR, std::min(p.r, end * MR));
-    });
+    return;
   }
-  at::parallel_for(0, ceil_div(p.N, kNBlock), 1, [&](int64_t begin, int64_t end) {
-    phase2<VT>(p, buf.tp.get(), begin * kNBlock, std::min(p.N, end * kNBlock), 0, p.M);
+  const int64_t MR = 12 / (W / 8);
+  pack_x_slabs(p.x, W, buf.xp.get(), Isa::kAvx2);
+  at::parallel_for(0, ceil_div(p.r, MR), 1, [&](int64_t begin, int64_t end) {
+    phase1<VT>(p, panels, buf.xp.get(), buf.tp.get(), begin * MR, std::min(p.r, end * MR));
   });
+  at::parallel_for(0, threads, 1, run_phase2);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -498,10 +558,8 @@ int64_t packed_block_rows(int64_t rp) { return std::clamp<int64_t>(kPackedBytes 
 int64_t panel_chunk(int64_t r) { return std::max<int64_t>(1, kPackedBytes / (r * 16 * 4)); }
 
 // A factor w [rows, cols] as panels of 16 rows (the slabs of pack_x_slabs with W = 16: w^T in 16-wide
-// column panels), packed on first use by whichever thread first needs them, `unit` panels at a time. The
-// threads share the packing without a parallel region of its own (each region costs a wake-up, and a
-// whole scheduling slice when the threads share their cores with other work), and a thread that finds a
-// unit ready later in the call does not wait at all.
+// column panels), packed on first use by whichever thread first needs them, `unit` panels at a time
+// (OnceUnits): a thread that finds a unit ready later in the call does not wait at all.
 class SharedPanels {
  public:
   SharedPanels(const at::Tensor& w, int64_t unit, const char* op)
@@ -509,11 +567,7 @@ class SharedPanels {
         unit_(unit),
         panels_(ceil_div(w.size(0), 16)),
         data_(aligned_buffer<float>(panels_ * 16 * w.size(1), op)),
-        state_(new std::atomic<int>[ceil_div(panels_, unit)]) {
-    for (int64_t i = 0; i < ceil_div(panels_, unit_); ++i) {
-      state_[i].store(kUnpacked, std::memory_order_relaxed);
-    }
-  }
+        units_(ceil_div(panels_, unit)) {}
 
   int64_t panels() const { return panels_; }
 
@@ -523,31 +577,24 @@ class SharedPanels {
     const int64_t u0 = q0 / unit_;
     const int64_t u1 = ceil_div(q1, unit_);
     for (int64_t i = u0; i < u1; ++i) {
-      int expected = kUnpacked;
-      if (state_[i].compare_exchange_strong(expected, kPacking, std::memory_order_acquire)) {
+      units_.claim(i, [&] {
         const int64_t r0 = 16 * unit_ * i;
         const int64_t r1 = std::min(w_.size(0), r0 + 16 * unit_);
         pack_x_slabs(w_.narrow(0, r0, r1 - r0), 16, data_.get() + r0 * w_.size(1), Isa::kAvx2);
-        state_[i].store(kPacked, std::memory_order_release);
-      }
+      });
     }
     for (int64_t i = u0; i < u1; ++i) {
-      while (state_[i].load(std::memory_order_acquire) != kPacked) {
-        _mm_pause();
-      }
+      units_.wait(i);
     }
     return data_.get();
   }
 
  private:
-  static constexpr int kUnpacked = 0;
-  static constexpr int kPacking = 1;
-  static constexpr int kPacked = 2;
   const at::Tensor& w_;
   int64_t unit_;
   int64_t panels_;
   std::unique_ptr<float[], AlignedFree> data_;
-  std::unique_ptr<std::atomic<int>[]> state_;
+  OnceUnits units_;
 };
 
 // Writes the sums of row i, vector t of a tile as y[i, n0 + 8 t ..] + bias, in y's dtype, the columns
