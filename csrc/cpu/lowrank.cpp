@@ -18,9 +18,10 @@
 //              right operand phase 2 wants;
 //     phase 2: y^T [N, mb] = u [N, r] t^T, each register tile transposed in registers and written into y
 //              with the bias (StoreTransposed).
-//   Up to one block of rows (M <= 64), phase 1 is split over the threads by panels (each thread packs its
-//   own) or, when they do not divide evenly, by rows of v, and phase 2 by rows of u; above that each
-//   thread owns a run of panels, in blocks.
+//   Up to one block of rows (M <= 64), both phases run in one parallel region: phase 1 in per-thread
+//   shares of panels (packing included) that whichever thread gets there first does (OnceUnits), then
+//   each thread's run of rows of u (with fewer panels than threads, phase 1 is split over the rows of v
+//   instead); above that each thread owns a run of panels, in blocks.
 // - M >= kPackedMinRows and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels,
 //   and x and t are read in place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written
 //   straight from the registers (that saved about 15% at M >= 1024 over staging y^T and transposing it).
