@@ -12,8 +12,8 @@
 // in place (one base pointer per three rows), each value broadcast, times a 16-wide panel of the right
 // operand (two vectors), 12 FMAs per 2 panel loads and 6 broadcasts (12 x 8 for M <= 8). t = x v^T lives
 // in a per-thread buffer (L1 or L2), never in a tensor. Two layouts:
-// - M < kPackedMinRows or r > kPackedMaxRank: nothing of the factors is packed, only x. Per block of up to
-//   64 rows, x^T as panels (pack_x_slabs), then
+// - Up to kUnpackedMaxBlocks blocks of 64 rows per thread, or r > kPackedMaxRank: nothing of the factors
+//   is packed, only x. Per block, x^T as panels (pack_x_slabs), then
 //     phase 1: t^T [r, mb] = v [r, K] x^T, into a buffer laid out as panels of t^T, which is exactly the
 //              right operand phase 2 wants;
 //     phase 2: y^T [N, mb] = u [N, r] t^T, each register tile transposed in registers and written into y
@@ -22,7 +22,7 @@
 //   shares of panels (packing included) that whichever thread gets there first does (OnceUnits), then
 //   each thread's run of rows of u (with fewer panels than threads, phase 1 is split over the rows of v
 //   instead); above that each thread owns a run of panels, in blocks.
-// - M >= kPackedMinRows and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels,
+// - More rows, and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels,
 //   and x and t are read in place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written
 //   straight from the registers (that saved about 15% at M >= 1024 over staging y^T and transposing it).
 #include <ATen/Parallel.h>
@@ -539,10 +539,12 @@ void lowrank_mm_unpacked(const LowRankArgs& p) {
 // ---------------------------------------------------------------------------------------------------
 // Large M: both factors packed once per call
 
-// Fewest rows of x for the packed path: packing v^T and u^T (r (K + N) floats) once per call costs less
-// than packing x^T and transposing y per row block (M (K + N) floats) from here on (measured on Zen 3 at
-// K = 384, N = 1536, r = 96: the same at M = 64, 5% faster at 128, 9% at 256).
-constexpr int64_t kPackedMinRows = 128;
+// Most row blocks (kMaxBlockRows) per thread for the unpacked path, which reads all of u (from L3 or
+// memory) once per block; beyond that packing v^T and u^T once per call is cheaper. Measured on Zen 3 at
+// K = 384, N = 1536, r = 96, unpacked against packed: one thread 1.03x at M = 128 (2 blocks), 0.70x at
+// 192, 0.99x at 256; two threads 1.06-1.18x at M = 128, 1.06-1.13x at 256 (2 blocks each), 0.92x at 384,
+// 0.95x at 1024; 1.22x at (128, 4096, 4096) r = 256.
+constexpr int64_t kUnpackedMaxBlocks = 2;
 // Largest rank (rounded up to 16) for the packed path: its phase 1 runs every row tile over all r / 16
 // panels of v^T, one depth block (kDepthBlock) at a time, so those panels (r kDepthBlock floats, 256 KiB
 // here) must stay in L2. Beyond that the unpacked path is faster at every M measured (Zen 3, two threads,
@@ -847,7 +849,7 @@ at::Tensor lowrank_mm(const at::Tensor& x, const at::Tensor& v, const at::Tensor
       lowrank_mm_dots<VT>(x, v, u, bp, out);
       return;
     }
-    if (M >= kPackedMinRows && round_up(r, 16) <= kPackedMaxRank) {
+    if (M > kUnpackedMaxBlocks * kMaxBlockRows * at::get_num_threads() && round_up(r, 16) <= kPackedMaxRank) {
       lowrank_mm_packed<VT>(x, v, u, bp, out);
       return;
     }

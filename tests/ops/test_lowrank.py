@@ -86,12 +86,13 @@ def test_cpu_tile_edges(dtype):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpu_thread_counts(threads):
-    """The CPU kernel splits its work by the thread count (rows of v and u, or runs of row panels):
+    """The CPU kernel splits its work by the thread count (rows of v and u, or runs of row panels) and
+    picks its layout by the row blocks per thread (packed factors above two blocks of 64 rows each):
     every split gives the reference's result, bias and reduced-precision rounding of t included."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for M in (1, 3, 4, 5, 16, 48, 64, 65, 128):
+        for M in (1, 3, 4, 5, 16, 48, 64, 65, 128, 129, 300):
             for dtype in (torch.float32, torch.bfloat16):
                 x, v, u, bias = _factors(M, 200, 136, 40, dtype, "cpu", seed=M + threads)
                 want = L.lowrank_mm_reference(x, v, u, bias)
