@@ -452,7 +452,7 @@ void phase2_t(const LowRankArgs& p, const float* tp, int64_t n0, int64_t n1, int
     const float* next = n + 2 * MR <= n1 ? a + MR * r : a;
     for (int64_t q = 0; q < panels; ++q) {
       // The lines of y two tiles on: the tile's stores go to W rows N apart, which the hardware
-      // prefetcher does not follow (1.00-1.09x in A/B runs at M = 48-256, K = 384).
+      // prefetcher does not follow (0.996-1.098x in A/B runs at M = 32-256, K = 384).
       if (n + 2 * MR < n1) {
         const int64_t cols = std::min<int64_t>(W, rows - W * q);
         const OutT* ahead = y + W * q * p.N + n + 2 * MR;
