@@ -84,6 +84,18 @@ def test_cpu_tile_edges(dtype):
                 torch.testing.assert_close(out, want, **tol)
 
 
+def test_cpu_depth_blocks():
+    """The CPU register tiles run their depth (K in the first product, r in the second) in unrolled blocks of
+    16 steps and then one step at a time, and the first product in depth blocks of 256: depths just below,
+    at and above those sizes, in both layouts (M = 9 and 64 unpacked, 300 packed above two blocks per
+    thread), give the reference's result."""
+    for M in (9, 64, 300):
+        for K, r in ((15, 16), (16, 15), (17, 31), (33, 32), (47, 33), (255, 17), (256, 48), (257, 1), (273, 47)):
+            x, v, u, bias = _factors(M, 50, K, r, torch.float32, "cpu", seed=M + 7 * K + r)
+            torch.testing.assert_close(_call("cpu", x, v, u, bias), L.lowrank_mm_reference(x, v, u, bias),
+                                       rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_cpu_thread_counts(threads):
     """The CPU kernel splits its work by the thread count (rows of v and u, or runs of row panels) and
