@@ -164,3 +164,56 @@ def test_empty_inputs():
     x, v, u, bias = _factors(2, 6, 16, 4, torch.float32, "cpu", seed=5)
     assert pycompress.ops.lowrank_mm(x[:0], v, u, bias).shape == (0, 6)
     assert pycompress.ops.lowrank_mm(x, v, u[:0]).shape == (2, 0)
+
+
+def test_cpu_fast_path_takes_only_plain_valid_calls(monkeypatch):
+    """The public lowrank_mm sends a plain eager CPU call with valid arguments straight to the native op
+    and every other call through the checked path (validation, backend choice, custom op): the same
+    results either way, and each condition of the fast path is needed."""
+    checked_calls = []
+
+    def checked(*args):
+        checked_calls.append(args)
+        return L._lowrank_mm_checked(*args)
+
+    op = L._with_cpu_fast_path(checked)
+    x, v, u, bias = _factors(9, 30, 40, 8, torch.float32, "cpu", seed=11)
+    pycompress.ops.lowrank_mm(x, v, u, bias)  # the native cpu backend is selected (and cached) once
+
+    def taken(*args):
+        checked_calls.clear()
+        out = op(*args)
+        torch.testing.assert_close(out, L._lowrank_mm_checked(*args), rtol=0, atol=0)
+        return not checked_calls
+
+    for dtype in FLOATS:
+        xd, vd, ud, bd = _factors(9, 30, 40, 8, dtype, "cpu", seed=12)
+        assert taken(xd, vd, ud, None) and taken(xd, vd, ud, bd) and taken(xd, vd, ud, bd.float())
+    with torch.no_grad():
+        assert taken(x, torch.nn.Parameter(v), torch.nn.Parameter(u), torch.nn.Parameter(bias))
+    with torch.inference_mode():
+        assert taken(x, v, u, bias)
+    assert taken(x, torch.nn.Parameter(v, requires_grad=False), u, bias)
+    # Autograd to record, another backend asked for, a tensor subclass, a layout the kernel does not
+    # take as is, an empty input: the checked path.
+    assert not taken(x, torch.nn.Parameter(v), u, bias)
+    with pycompress.use_backend("reference"):
+        assert not taken(x, v, u, bias)
+    monkeypatch.setenv("PYCOMPRESS_BACKEND", "lowrank_mm=reference")
+    assert not taken(x, v, u, bias)
+    monkeypatch.delenv("PYCOMPRESS_BACKEND")
+    assert taken(x, v, u, bias)
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not taken(x.as_subclass(Sub), v, u, bias)
+    assert not taken(x.t().contiguous().t(), v, u, bias)
+    assert not taken(x, v, u, torch.stack([bias, bias], 1)[:, 0])
+    assert not taken(x[:0], v, u, bias)
+    # Invalid arguments reach the checked path, which names them.
+    with pytest.raises(ValueError, match=r"lowrank_mm: u must be float32 .* \(got float16"):
+        op(x, v, u.half())
+    with pytest.raises(ValueError, match=r"lowrank_mm: bias must be float32 or float16 or bfloat16 of shape \[N\]"):
+        op(x, v, u, bias.view(1, -1))
+    assert checked_calls
