@@ -1,7 +1,10 @@
-// The few non-op helpers of pycompress._C, bound with pybind11: build information and CPU feature
-// flags. Ops are registered with TORCH_LIBRARY in csrc/ops.cpp and the per-family files.
+// The few non-op helpers of pycompress._C, bound with pybind11: build information, CPU feature flags
+// and a plain getenv. Ops are registered with TORCH_LIBRARY in csrc/ops.cpp and the per-family files.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include <cstdlib>
+#include <string>
 
 #include "pycompress/cpu_features.h"
 
@@ -16,4 +19,14 @@ PYBIND11_MODULE(_C, m) {
         "CPU features detected at run time, as (name, present) pairs");
   m.def("int8_mm_cpu_path", &pycompress::cpu::int8_mm_path,
         "The SIMD path the CPU int8_mm kernel takes on this machine");
+  // os.environ writes through to the process environment (putenv / unsetenv), so this reads the same
+  // value as os.environ.get(name, ""), without its Python-level lookup (a KeyError raised and caught
+  // when the variable is unset).
+  m.def(
+      "getenv",
+      [](const std::string& name) {
+        const char* value = std::getenv(name.c_str());
+        return std::string(value != nullptr ? value : "");
+      },
+      "The value of environment variable `name`, or \"\" when it is unset");
 }

@@ -892,7 +892,11 @@ at::Tensor lowrank_mm(const at::Tensor& x, const at::Tensor& v, const at::Tensor
   TORCH_CHECK(u.dim() == 2 && u.size(1) == r && u.scalar_type() == x.scalar_type() && u.is_contiguous(), op,
               ": u must be contiguous [N, r] of x's dtype");
   const int64_t N = u.size(0);
-  TORCH_CHECK(!bias.has_value() || bias->numel() == N, op, ": bias must have N = ", N, " elements");
+  TORCH_CHECK(!bias.has_value() ||
+                  (bias->dim() == 1 && bias->size(0) == N && bias->is_contiguous() &&
+                   (bias->scalar_type() == at::kFloat || bias->scalar_type() == at::kHalf ||
+                    bias->scalar_type() == at::kBFloat16)),
+              op, ": bias must be a contiguous float32, float16 or bfloat16 [N] tensor, N = ", N);
   const Isa isa = lowbit_isa();
   at::Tensor out = at::empty({M, N}, x.options());
   if (out.numel() == 0) {

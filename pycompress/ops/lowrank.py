@@ -81,18 +81,16 @@ _lowrank_mm_checked = with_direct_path(_lowrank_mm, _lowrank_mm_op)
 
 def _with_cpu_fast_path(checked):
     """``checked`` (the op's public function) behind a fast path for the common eager CPU call: plain
-    tensors (or Parameters), no autograd graph to record, no compile tracing, mode or transform, the
-    native cpu backend already selected for this op, and arguments the op accepts as they are (float
-    dtype shared by x, v and u, 2-D and contiguous, matching sizes, none empty; a 1-D contiguous bias of
-    N values). Such a call goes straight to the native op; every other call, including every invalid one,
-    goes through ``checked``, which validates, selects and raises.
+    tensors (or Parameters) on the CPU, no autograd graph to record, no compile tracing, mode or
+    transform, and the native cpu backend already selected for this op. Such a call goes straight to the
+    native op, which takes its arguments as they are only when they are valid, contiguous and of its
+    dtypes, and raises otherwise; every other call, and every call the native op refuses, goes through
+    ``checked``, which validates (naming the argument), converts, selects and runs.
 
-    The checks are the same as ``checked``'s (direct_call_ok, registry.select, _check), written as one
-    expression over names bound here: after a large GEMM has evicted the interpreter's data from the
-    caches, each function call and module attribute lookup of the checked path costs microseconds, and
-    that path was measured at 10-20% of a (64, 1536, 384) rank-96 call on two CPU threads."""
-    import os
-
+    The conditions are those of ``checked`` (direct_call_ok, registry.select), written as one expression
+    over names bound here: after a large GEMM has evicted the interpreter's data from the caches, each
+    function call and attribute lookup of the checked path costs microseconds, and that path was measured
+    at 10-20% of a (64, 1536, 384) rank-96 call on two CPU threads."""
     from torch._C._functorch import peek_interpreter_stack
 
     plain = torch.Tensor
@@ -104,13 +102,11 @@ def _with_cpu_fast_path(checked):
     selected = registry._SELECTED
     impls = registry._IMPLS
     override = registry._override
-    environ_get = os.environ.get
     env_var = registry.ENV_VAR
-    floats = frozenset(FLOAT_DTYPES)
-    native = None
+    native = getenv = None
 
     def lowrank_mm(x: Tensor, v: Tensor, u: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        nonlocal native
+        nonlocal native, getenv
         tx, tv, tu = type(x), type(v), type(u)
         if ((tx is plain or tx is param) and (tv is plain or tv is param) and (tu is plain or tu is param)
                 and (bias is None or type(bias) is plain or type(bias) is param)
@@ -118,18 +114,19 @@ def _with_cpu_fast_path(checked):
                 and not (grad_enabled() and (x.requires_grad or v.requires_grad or u.requires_grad
                                              or (bias is not None and bias.requires_grad)))
                 and x.is_cpu and v.is_cpu and u.is_cpu and (bias is None or bias.is_cpu)):
-            impl = selected.get(("lowrank_mm", "cpu", override.get(), environ_get(env_var, "")))
+            if native is None:  # resolved on first use: the extension loads lazily
+                from pycompress import _native
+
+                if _native._C is None:
+                    return checked(x, v, u, bias)
+                native = torch.ops.pycompress_C.lowrank_mm.default
+                getenv = _native._C.getenv
+            impl = selected.get(("lowrank_mm", "cpu", override.get(), getenv(env_var)))
             if impl is not None and impl.backend == "cpu" and impls["lowrank_mm"].get("cpu") is impl:
-                xd = x.dtype
-                xs, vs, us = x.shape, v.shape, u.shape
-                if (xd in floats and v.dtype is xd and u.dtype is xd and len(xs) == 2 and len(vs) == 2
-                        and len(us) == 2 and xs[1] == vs[1] and us[1] == vs[0] and xs[0] and xs[1] and vs[0]
-                        and us[0] and x.is_contiguous() and v.is_contiguous() and u.is_contiguous()
-                        and (bias is None or (bias.dtype in floats and bias.dim() == 1 and bias.shape[0] == us[0]
-                                              and bias.is_contiguous()))):
-                    if native is None:  # resolved on first use: the extension loads lazily
-                        native = torch.ops.pycompress_C.lowrank_mm.default
+                try:
                     return native(x, v, u, bias)
+                except RuntimeError:
+                    pass  # refused: checked names the bad argument, or converts what the kernel does not take
         return checked(x, v, u, bias)
 
     lowrank_mm.__doc__ = checked.__doc__

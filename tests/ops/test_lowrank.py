@@ -167,9 +167,10 @@ def test_empty_inputs():
 
 
 def test_cpu_fast_path_takes_only_plain_valid_calls(monkeypatch):
-    """The public lowrank_mm sends a plain eager CPU call with valid arguments straight to the native op
-    and every other call through the checked path (validation, backend choice, custom op): the same
-    results either way, and each condition of the fast path is needed."""
+    """The public lowrank_mm sends a plain eager CPU call straight to the native op, which takes only valid,
+    contiguous arguments of its dtypes, and every other call through the checked path (validation, backend
+    choice, custom op): the same results either way, each condition of the fast path is needed, and every
+    invalid argument still gets the checked path's error naming it."""
     checked_calls = []
 
     def checked(*args):
@@ -195,7 +196,7 @@ def test_cpu_fast_path_takes_only_plain_valid_calls(monkeypatch):
         assert taken(x, v, u, bias)
     assert taken(x, torch.nn.Parameter(v, requires_grad=False), u, bias)
     # Autograd to record, another backend asked for, a tensor subclass, a layout the kernel does not
-    # take as is, an empty input: the checked path.
+    # take as is: the checked path.
     assert not taken(x, torch.nn.Parameter(v), u, bias)
     with pycompress.use_backend("reference"):
         assert not taken(x, v, u, bias)
@@ -210,10 +211,15 @@ def test_cpu_fast_path_takes_only_plain_valid_calls(monkeypatch):
     assert not taken(x.as_subclass(Sub), v, u, bias)
     assert not taken(x.t().contiguous().t(), v, u, bias)
     assert not taken(x, v, u, torch.stack([bias, bias], 1)[:, 0])
-    assert not taken(x[:0], v, u, bias)
+    assert taken(x[:0], v, u, bias) and op(x[:0], v, u, bias).shape == (0, 30)
     # Invalid arguments reach the checked path, which names them.
     with pytest.raises(ValueError, match=r"lowrank_mm: u must be float32 .* \(got float16"):
         op(x, v, u.half())
-    with pytest.raises(ValueError, match=r"lowrank_mm: bias must be float32 or float16 or bfloat16 of shape \[N\]"):
-        op(x, v, u, bias.view(1, -1))
+    for bad_bias in (bias.view(1, -1), bias.int(), bias.double(), bias[:-1]):
+        with pytest.raises(ValueError, match=r"lowrank_mm: bias must be float32 or float16 or bfloat16 of shape \[N\]"):
+            op(x, v, u, bad_bias)
+    with pytest.raises(ValueError, match=r"lowrank_mm: x must be float32 or float16 or bfloat16"):
+        op(x.int(), v.int(), u.int())
+    with pytest.raises(ValueError, match=r"lowrank_mm: v must have rank r >= 1 rows"):
+        op(x, v[:0], u[:, :0])
     assert checked_calls
