@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -72,7 +73,11 @@ def time_fn(fn, device: str, min_time: float = 0.2, max_reps: int = 50) -> float
 
 def time_fns(fns: dict, device: str, min_time: float = 0.5, max_reps: int = 200) -> dict:
     """Median seconds of one call of each of ``fns``. On CPU the calls are interleaved round by round,
-    so that a change of load on the machine affects every candidate and baseline alike."""
+    so that a change of load on the machine affects every candidate and baseline alike, each round in a
+    fresh order (seeded): a call's time depends on the call before it (its caches and threads), and a
+    fixed order would give every candidate the same predecessor in every round (seen: in the order
+    lowrank_mm, dense, two matmuls, the two matmuls' time over lowrank_mm's came out 1-11% higher at
+    M = 64 and 256 than in shuffled rounds of the same process)."""
     if device == "cuda":
         import triton.testing
 
@@ -81,12 +86,15 @@ def time_fns(fns: dict, device: str, min_time: float = 0.5, max_reps: int = 200)
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
+    order = list(fns)
+    rng = random.Random(0)
     start = time.perf_counter()
     rounds = 0
     while rounds < 5 or (time.perf_counter() - start < min_time * len(fns) and rounds < max_reps):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
         rounds += 1
     return {name: statistics.median(t) for name, t in times.items()}

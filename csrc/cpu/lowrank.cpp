@@ -455,6 +455,50 @@ class OnceUnits {
   std::unique_ptr<std::atomic<int>[]> state_;
 };
 
+// Units [0, count) split into one run per thread, each thread doing its own run from the front and, once
+// that is done, the other runs' units from their backs: a thread that starts late, runs slower or is
+// preempted has its last units done by the others, while each thread's units stay contiguous (rows of u in
+// order, the next tile's rows prefetched) for as long as nobody is behind. Each run's bounds are one
+// atomic word ([lo, hi) as two 32-bit halves), so taking from either end is one compare-and-swap.
+class StealRuns {
+ public:
+  StealRuns(int64_t count, int runs) : runs_(new std::atomic<uint64_t>[runs]), n_(runs) {
+    TORCH_CHECK(count < (int64_t{1} << 32), "lowrank_mm: too many units of work (", count, ")");
+    for (int i = 0; i < runs; ++i) {
+      runs_[i].store(pack(count * i / runs, count * (i + 1) / runs), std::memory_order_relaxed);
+    }
+  }
+
+  // The next unit for thread `self` (< runs), or -1 when every unit has been taken.
+  int64_t next(int self) {
+    int64_t unit = take(self, true);
+    for (int k = 1; unit < 0 && k < n_; ++k) {
+      unit = take((self + k) % n_, false);
+    }
+    return unit;
+  }
+
+ private:
+  static uint64_t pack(int64_t lo, int64_t hi) { return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi); }
+
+  int64_t take(int i, bool front) {
+    uint64_t cur = runs_[i].load(std::memory_order_relaxed);
+    while (true) {
+      const int64_t lo = static_cast<int64_t>(cur >> 32);
+      const int64_t hi = static_cast<int64_t>(cur & 0xffffffffu);
+      if (lo >= hi) {
+        return -1;
+      }
+      if (runs_[i].compare_exchange_weak(cur, front ? pack(lo + 1, hi) : pack(lo, hi - 1), std::memory_order_relaxed)) {
+        return front ? lo : hi - 1;
+      }
+    }
+  }
+
+  std::unique_ptr<std::atomic<uint64_t>[]> runs_;
+  int n_;
+};
+
 struct LowRankArgs {
   const at::Tensor& x;  // [M, K] of the op's dtype
   const float* v;  // [r, K]
@@ -559,18 +603,16 @@ void lowrank_mm_unpacked(const LowRankArgs& p) {
   // One block, split over the threads in one parallel region. Phase 1 a panel at a time (pack x's rows,
   // then t^T for all of v), each panel done by whichever thread claims it first (OnceUnits: every thread
   // starts with its own share of panels and goes on to the others' unclaimed ones, so a thread that wakes
-  // late or is preempted is made up for); then phase 2 in steps of kNBlock rows of u taken from a shared
-  // counter, for the same reason. When there are fewer panels than threads, phase 1 is split over the
+  // late or is preempted is made up for); then phase 2 in steps of kNBlock rows of u, each thread its own
+  // run of them and then the others' last ones (StealRuns), for the same reason. When there are fewer panels than threads, phase 1 is split over the
   // rows of v instead, in a region of its own after the packing.
   BlockBuffers buf(p);
-  const int64_t n_steps = ceil_div(p.N, kNBlock);
-  // Phase 2 for the threads [begin, end) of `threads`: their even share of the rows of u, in one run
-  // (steps handed out one by one were 10% slower: each step's rows of u then start cold).
+  StealRuns steps(ceil_div(p.N, kNBlock), threads);
   auto run_phase2 = [&](int64_t begin, int64_t end) {
-    const int64_t n0 = std::min(p.N, begin * n_steps / threads * kNBlock);
-    const int64_t n1 = std::min(p.N, end * n_steps / threads * kNBlock);
-    if (n0 < n1) {
-      phase2<VT>(p, buf.tp.get(), n0, n1, 0, p.M);
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t step = steps.next(static_cast<int>(i)); step >= 0; step = steps.next(static_cast<int>(i))) {
+        phase2<VT>(p, buf.tp.get(), step * kNBlock, std::min(p.N, (step + 1) * kNBlock), 0, p.M);
+      }
     }
   };
   if (panels >= threads) {

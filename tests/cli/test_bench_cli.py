@@ -95,3 +95,26 @@ def test_bench_runs_the_runner_for_each_family(capsys, tmp_path, monkeypatch):
     no_matplotlib(monkeypatch)
     status, _, err = run(capsys, "bench", "--family", "int8", "--plot", str(tmp_path / "b.png"))
     assert status == 1 and "pip install matplotlib" in err and calls == []
+
+
+def test_runner_times_every_function_each_round_in_a_varying_order():
+    import pycompress.cli as cli
+
+    runner = cli._benchmark_runner()
+    rounds = []
+
+    def record(name):
+        def fn():
+            if not rounds or name in rounds[-1]:
+                rounds.append([])
+            rounds[-1].append(name)
+        return fn
+
+    names = ["a", "b", "c", "d"]
+    times = runner.time_fns({n: record(n) for n in names}, "cpu", min_time=0.0, max_reps=5)
+    assert sorted(times) == names and all(t >= 0 for t in times.values())
+    # The warm-up call of each, then the timed rounds: each a permutation of all four, not all the same.
+    warmup, timed = rounds[0], rounds[1:]
+    assert warmup == names and len(timed) == 5
+    assert all(sorted(r) == names for r in timed)
+    assert len({tuple(r) for r in timed}) > 1
