@@ -22,10 +22,12 @@
 //   Up to one block of rows, both phases run in one parallel region: phase 1 in per-thread
 //   shares of panels (packing included) that whichever thread gets there first does (OnceUnits), then
 //   each thread's run of rows of u (with fewer panels than threads, phase 1 is split over the rows of v
-//   instead); above that each thread owns a run of panels, in blocks.
+//   instead); above that each thread owns a run of panels, in blocks. A thread done with its own run
+//   takes the last units of another's (StealRuns), so that a thread that runs late is made up for.
 // - More rows, and r <= kPackedMaxRank: v^T and u^T are packed once per call as 16-wide panels,
 //   and x and t are read in place as the left operand: t [48, r] = x v^T, then y = t u^T + bias written
 //   straight from the registers (that saved about 15% at M >= 1024 over staging y^T and transposing it).
+//   Each thread a run of row tiles (in blocks), then the last tiles of the others' runs (StealRuns).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -462,6 +464,12 @@ class OnceUnits {
 // atomic word ([lo, hi) as two 32-bit halves), so taking from either end is one compare-and-swap.
 class StealRuns {
  public:
+  // A span of units [first, first + count); count = 0 when every unit has been taken.
+  struct Span {
+    int64_t first;
+    int64_t count;
+  };
+
   StealRuns(int64_t count, int runs) : runs_(new std::atomic<uint64_t>[runs]), n_(runs) {
     TORCH_CHECK(count < (int64_t{1} << 32), "lowrank_mm: too many units of work (", count, ")");
     for (int i = 0; i < runs; ++i) {
@@ -469,28 +477,31 @@ class StealRuns {
     }
   }
 
-  // The next unit for thread `self` (< runs), or -1 when every unit has been taken.
-  int64_t next(int self) {
-    int64_t unit = take(self, true);
-    for (int k = 1; unit < 0 && k < n_; ++k) {
-      unit = take((self + k) % n_, false);
+  // The next units for thread `self` (< runs): up to `own` from the front of its run, else up to `stolen`
+  // from the back of another's.
+  Span next(int self, int64_t own = 1, int64_t stolen = 1) {
+    Span span = take(self, true, own);
+    for (int k = 1; span.count == 0 && k < n_; ++k) {
+      span = take((self + k) % n_, false, stolen);
     }
-    return unit;
+    return span;
   }
 
  private:
   static uint64_t pack(int64_t lo, int64_t hi) { return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi); }
 
-  int64_t take(int i, bool front) {
+  Span take(int i, bool front, int64_t most) {
     uint64_t cur = runs_[i].load(std::memory_order_relaxed);
     while (true) {
       const int64_t lo = static_cast<int64_t>(cur >> 32);
       const int64_t hi = static_cast<int64_t>(cur & 0xffffffffu);
-      if (lo >= hi) {
-        return -1;
+      const int64_t count = std::min(most, hi - lo);
+      if (count <= 0) {
+        return {0, 0};
       }
-      if (runs_[i].compare_exchange_weak(cur, front ? pack(lo + 1, hi) : pack(lo, hi - 1), std::memory_order_relaxed)) {
-        return front ? lo : hi - 1;
+      if (runs_[i].compare_exchange_weak(cur, front ? pack(lo + count, hi) : pack(lo, hi - count),
+                                         std::memory_order_relaxed)) {
+        return {front ? lo : hi - count, count};
       }
     }
   }
@@ -587,15 +598,20 @@ void lowrank_mm_unpacked(const LowRankArgs& p) {
   const int64_t panels = ceil_div(p.M, W);
   const int threads = at::get_num_threads();
   if (p.M > p.mb || threads == 1) {
-    // Each thread its own run of panels, in blocks of up to p.mb rows.
-    at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    // Each thread its own run of panels, in blocks of up to p.mb rows, then the others' last panels,
+    // kMinBlockRows at a time (StealRuns).
+    StealRuns runs(panels, threads);
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
       BlockBuffers buf(p);
-      const int64_t m1 = std::min(p.M, end * W);
-      for (int64_t m0 = begin * W; m0 < m1; m0 += p.mb) {
-        const int64_t rows = std::min(p.mb, m1 - m0);
-        pack_x_slabs(p.x.narrow(0, m0, rows), W, buf.xp.get(), Isa::kAvx2);
-        phase1<VT>(p, ceil_div(rows, W), buf.xp.get(), buf.tp.get(), 0, p.r);
-        phase2<VT>(p, buf.tp.get(), 0, p.N, m0, rows);
+      for (int64_t i = begin; i < end; ++i) {
+        for (StealRuns::Span span = runs.next(static_cast<int>(i), p.mb / W, kMinBlockRows / W); span.count > 0;
+             span = runs.next(static_cast<int>(i), p.mb / W, kMinBlockRows / W)) {
+          const int64_t m0 = span.first * W;
+          const int64_t rows = std::min(span.count * W, p.M - m0);
+          pack_x_slabs(p.x.narrow(0, m0, rows), W, buf.xp.get(), Isa::kAvx2);
+          phase1<VT>(p, ceil_div(rows, W), buf.xp.get(), buf.tp.get(), 0, p.r);
+          phase2<VT>(p, buf.tp.get(), 0, p.N, m0, rows);
+        }
       }
     });
     return;
@@ -610,8 +626,9 @@ void lowrank_mm_unpacked(const LowRankArgs& p) {
   StealRuns steps(ceil_div(p.N, kNBlock), threads);
   auto run_phase2 = [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      for (int64_t step = steps.next(static_cast<int>(i)); step >= 0; step = steps.next(static_cast<int>(i))) {
-        phase2<VT>(p, buf.tp.get(), step * kNBlock, std::min(p.N, (step + 1) * kNBlock), 0, p.M);
+      for (StealRuns::Span step = steps.next(static_cast<int>(i)); step.count > 0;
+           step = steps.next(static_cast<int>(i))) {
+        phase2<VT>(p, buf.tp.get(), step.first * kNBlock, std::min(p.N, (step.first + 1) * kNBlock), 0, p.M);
       }
     }
   };
@@ -663,8 +680,11 @@ constexpr int64_t kPackedMaxRank = 256;
 // L2 while phase 2 runs every tile of the block over the chunk (3% faster than a 48-row block against
 // every panel on two threads at M = 1024). Blocks are 48 to 192 rows (a multiple of 6).
 constexpr int64_t kPackedBytes = 96 * 1024;
-
 int64_t packed_block_rows(int64_t rp) { return std::clamp<int64_t>(kPackedBytes / (4 * rp) / 6 * 6, 48, 192); }
+// Tiles of 6 rows taken at a time from the back of another thread's run once a thread's own run is done
+// (48 rows, the smallest block): a smaller block reads all of u^T for fewer rows, so only the ends of the
+// runs are cut this fine.
+constexpr int64_t kStolenTiles = 8;
 
 // Panels of u^T (r 16 floats each) per chunk.
 int64_t panel_chunk(int64_t r) { return std::max<int64_t>(1, kPackedBytes / (r * 16 * 4)); }
@@ -776,21 +796,27 @@ void lowrank_mm_packed(const at::Tensor& x, const at::Tensor& v, const at::Tenso
   const float* xp = xf.const_data_ptr<float>();
   VT* y = out.mutable_data_ptr<VT>();
   const int64_t mb = packed_block_rows(rp);
-  // Each thread its own run of 6-row tiles, in blocks of up to mb rows.
-  at::parallel_for(0, ceil_div(M, 6), 1, [&](int64_t begin, int64_t end) {
+  // Each thread its own run of 6-row tiles, in blocks of up to mb rows, then the others' last tiles,
+  // kStolenTiles at a time (StealRuns).
+  const int threads = at::get_num_threads();
+  StealRuns tiles(ceil_div(M, 6), threads);
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
     // t [mb, rp]: the padding columns are zeros (v^T's padding) and never read.
     auto t = aligned_buffer<float>(mb * rp, op);
-    const int64_t m1 = std::min(M, 6 * end);
-    for (int64_t m0 = 6 * begin; m0 < m1; m0 += mb) {
-      const int64_t rows = std::min(mb, m1 - m0);
-      gemm_panels_avx2(2, xp + m0 * K, K, rows, K, vt.ready(0, vt.panels()), vt.panels(), K * 16, t.get(), rp, 16,
-                       false);
-      if constexpr (!std::is_same_v<VT, float>) {
-        for (int64_t i = 0; i < rows * rp; ++i) {
-          t[i] = to_float(static_cast<VT>(t[i]));
+    for (int64_t i = begin; i < end; ++i) {
+      for (StealRuns::Span span = tiles.next(static_cast<int>(i), mb / 6, kStolenTiles); span.count > 0;
+           span = tiles.next(static_cast<int>(i), mb / 6, kStolenTiles)) {
+        const int64_t m0 = 6 * span.first;
+        const int64_t rows = std::min(6 * span.count, M - m0);
+        gemm_panels_avx2(2, xp + m0 * K, K, rows, K, vt.ready(0, vt.panels()), vt.panels(), K * 16, t.get(), rp,
+                         16, false);
+        if constexpr (!std::is_same_v<VT, float>) {
+          for (int64_t j = 0; j < rows * rp; ++j) {
+            t[j] = to_float(static_cast<VT>(t[j]));
+          }
         }
+        product_rows(t.get(), rp, rows, r, ut, N, bias, y + m0 * N);
       }
-      product_rows(t.get(), rp, rows, r, ut, N, bias, y + m0 * N);
     }
   });
 }

@@ -110,12 +110,15 @@ def test_cpu_thread_counts(threads):
                 want = L.lowrank_mm_reference(x, v, u, bias)
                 tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
                 torch.testing.assert_close(_call("cpu", x, v, u, bias), want, **tol)
-        # Many steps of rows of u (21, the last one short), which the threads take from each other's
-        # runs once their own is done: every step written once, whichever thread takes it.
+        # Many units of work, which the threads take from the backs of each other's runs once their own
+        # is done: every unit written once, whichever thread takes it. Steps of rows of u (21, the last
+        # one short: one block, unpacked), row tiles (100 + 1 short: packed factors) and row panels
+        # (blocks of 64 rows at r = 512: unpacked).
         for rep in range(4):
-            x, v, u, bias = _factors(64, 1000, 136, 40, torch.float32, "cpu", seed=rep + 10 * threads)
-            torch.testing.assert_close(_call("cpu", x, v, u, bias), L.lowrank_mm_reference(x, v, u, bias),
-                                       rtol=1e-5, atol=1e-4)
+            for M, N, K, r in ((64, 1000, 136, 40), (601, 200, 136, 40), (600, 100, 520, 512)):
+                x, v, u, bias = _factors(M, N, K, r, torch.float32, "cpu", seed=rep + 10 * threads)
+                torch.testing.assert_close(_call("cpu", x, v, u, bias), L.lowrank_mm_reference(x, v, u, bias),
+                                           rtol=1e-5, atol=1e-4)
     finally:
         torch.set_num_threads(before)
 
